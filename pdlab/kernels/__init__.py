@@ -1,0 +1,65 @@
+"""Attention kernels over a paged KV cache, behind one backend switch.
+
+    from pdlab.kernels import get_backend
+    kb = get_backend("numba")   # Numba CUDA kernels (GPU, or the CPU simulator)
+    kb = get_backend("torch")   # paged gather + torch SDPA (fast reference, CPU fallback)
+    kb.write_kv(k, v, k_cache, v_cache, slot_mapping)
+    out = kb.prefill_attention(q, k_cache, v_cache, block_tables, cu_seqlens_q, seq_lens, scale)
+    out = kb.decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale)
+
+Shapes (per layer):
+    k_cache, v_cache  [num_blocks, block_size, num_kv_heads, head_dim]   fp16 or bf16
+    slot of position p of a sequence = block_table[p // block_size] * block_size + p % block_size
+
+Importing this package does not import numba: the torch backend must work where numba is
+missing or broken. ``get_backend("numba")`` imports it on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import SimpleNamespace
+
+from . import torch_paged
+
+BACKENDS = ("numba", "torch")
+_cache: dict = {}
+
+
+def get_backend(name: str = "numba"):
+    """An object with ``write_kv``, ``prefill_attention``, ``decode_attention`` (and ``name``)."""
+    if name not in BACKENDS:
+        raise ValueError(f"name: unknown backend {name!r}; choose one of {BACKENDS}")
+    if name == "torch":
+        return torch_paged
+    if "numba" not in _cache:
+        cache_ops = importlib.import_module(".cache_ops", __name__)   # imports numba here, lazily
+        prefill = importlib.import_module(".prefill_attention", __name__)
+        decode = importlib.import_module(".decode_attention", __name__)
+        _cache["numba"] = SimpleNamespace(
+            name="numba",
+            write_kv=cache_ops.write_kv,
+            prefill_attention=prefill.prefill_attention,
+            decode_attention=decode.decode_attention,
+        )
+    return _cache["numba"]
+
+
+def default_backend() -> str:
+    """"numba" where it can run (a GPU, or the simulator when NUMBA_ENABLE_CUDASIM=1), else "torch"."""
+    import os
+
+    if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") == "1":
+        return "numba"
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return "torch"
+        get_backend("numba")
+        return "numba"
+    except Exception:  # numba missing/broken: the engine still runs on torch
+        return "torch"
+
+
+__all__ = ["get_backend", "default_backend", "BACKENDS"]

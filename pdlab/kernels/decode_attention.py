@@ -1,0 +1,229 @@
+"""Paged decode attention: one query token per sequence against its whole paged KV cache.
+
+Decode is memory-bound: every K and V byte of the context is read once per generated token and
+used for only ~2 FLOPs per query head. So the kernel is organised around moving bytes:
+
+- One thread block per (KV head, sequence, split). All ``group`` query heads that share the KV
+  head are handled by the same block (GQA), so each K/V byte is read from memory once.
+- A token's K row (head_dim values) is split over ``LPR = head_dim / 8`` neighbouring lanes, each
+  doing one 16-byte load (8 fp16/bf16 values). A 128-thread block thus has ``128 / LPR`` token
+  rows in flight, times ``UNROLL`` tokens per thread.
+- Each lane does its 8 multiply-adds of q.k, then the partial dots are summed over the LPR lanes
+  with warp shuffles (``lane_sum``). Softmax is *online* (running max m, sum l, output acc per
+  query head), so scores never go to memory.
+- FlashDecoding: with a small batch there are too few (KV head, sequence) blocks to fill 132
+  SMs, so the context is cut into ``num_splits`` pieces processed by separate blocks; each writes
+  a partial output and its log-sum-exp, and ``merge_kernel`` combines them.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+
+from . import _numba as nb
+from . import validate
+from ._numba import SIM, cuda, float32
+
+VEC = 8          # fp16/bf16 values per 16-byte load
+THREADS = 32 if SIM else 128   # 4 warps per block on a GPU; one on the simulator (1 OS thread each)
+UNROLL = 2       # token rows each thread loads before using them (more bytes in flight)
+HEAD_DIMS = (64, 128)
+MIN_TOKENS_PER_SPLIT = 256
+
+
+def _kind(cache) -> str:
+    return "bf16" if cache.dtype == torch.bfloat16 else "f16"
+
+
+@functools.lru_cache(maxsize=None)
+def decode_kernel(kind: str, head_dim: int, group: int, block_size: int):
+    """Compile (once per configuration) the split-K decode kernel. The arguments are baked in
+    as constants so loops over them unroll and the small per-thread arrays live in registers."""
+    D, G, BS, U = head_dim, group, block_size, UNROLL
+    LPR = D // VEC               # lanes sharing one token row: 16 for D=128, 8 for D=64
+    NG = THREADS // LPR          # token rows a block works on at once
+    STEP = NG * U                # tokens a block consumes per loop iteration
+    NEG = nb.NEG
+    load8 = nb.load8(kind)       # 16-byte load -> 8 fp32 (plain Python on the simulator)
+    row_sum = nb.lane_sum(LPR)   # sum over the LPR lanes of a row (warp shuffles on a GPU)
+    cache_t = "int16" if kind == "bf16" else "float16"
+    sig = None if SIM else (
+        f"void(float32[:, :, ::1], {cache_t}[::1], {cache_t}[::1], int32[:, ::1], int32[::1], "
+        "float32, int32, float32[:, :, :, ::1], float32[:, :, ::1])")
+
+    @nb.kernel(sig=sig)
+    def decode_kernel(q, k_cache, v_cache, block_tables, seq_lens, scale, split_len, o_part, lse_part):
+        # q            [S, H, D]                 fp32 query, one per sequence
+        # k/v_cache    [num_slots * Hkv * D]     flat paged cache (fp16, or bf16 bits as int16)
+        # block_tables [S, max_blocks] int32;  seq_lens [S] int32
+        # o_part       [S, H, num_splits, D]     fp32 output of this split (normalised)
+        # lse_part     [S, H, num_splits]        fp32 log-sum-exp of this split's scores
+        kvh = cuda.blockIdx.x
+        s = cuda.blockIdx.y
+        split = cuda.blockIdx.z
+        hkv = cuda.gridDim.x
+        tid = cuda.threadIdx.x
+        row = tid // LPR         # which token row of the current step this thread works on
+        d0 = (tid % LPR) * VEC   # which 8 dims of that row
+        start = split * split_len
+        end = min(start + split_len, seq_lens[s])
+
+        qv = cuda.local.array((G, VEC), float32)    # this lane's slice of every query head
+        acc = cuda.local.array((G, VEC), float32)   # unnormalised output slice per head
+        m = cuda.local.array(G, float32)            # running max score per head
+        l = cuda.local.array(G, float32)            # running sum of exp(score - m) per head
+        kv = cuda.local.array((U, VEC), float32)
+        vv = cuda.local.array((U, VEC), float32)
+        for g in range(G):
+            for i in range(VEC):
+                qv[g, i] = q[s, kvh * G + g, d0 + i] * scale   # fold the scale into q once
+                acc[g, i] = float32(0)
+            m[g] = NEG
+            l[g] = float32(0)
+        for u in range(U):
+            for i in range(VEC):
+                kv[u, i] = float32(0)
+                vv[u, i] = float32(0)
+
+        # Same trip count for every thread of the block: lane_sum needs all lanes present.
+        for base in range(start, end, STEP):
+            # 1) issue every load of this step before using any: 2*U 16-byte loads in flight
+            for u in range(U):
+                t = base + u * NG + row
+                if t < end:
+                    slot = block_tables[s, t // BS] * BS + t % BS      # paging: block id -> slot
+                    idx = (slot * hkv + kvh) * D + d0
+                    k8 = load8(k_cache, idx)
+                    v8 = load8(v_cache, idx)
+                    for i in range(VEC):
+                        kv[u, i] = k8[i]
+                        vv[u, i] = v8[i]
+            # 2) scores and the online-softmax update, for each query head of the group
+            for u in range(U):
+                valid = base + u * NG + row < end
+                for g in range(G):
+                    part = float32(0)
+                    for i in range(VEC):
+                        part += qv[g, i] * kv[u, i]
+                    score = row_sum(part)                 # full q.k, on every lane of the row
+                    if valid:
+                        m_new = max(m[g], score)
+                        alpha = math.exp(m[g] - m_new)    # rescale what was summed so far
+                        p = math.exp(score - m_new)
+                        l[g] = l[g] * alpha + p
+                        for i in range(VEC):
+                            acc[g, i] = acc[g, i] * alpha + p * vv[u, i]
+                        m[g] = m_new
+
+        # 3) the NG rows saw different tokens: merge their (m, l, acc) through shared memory
+        sm_m = cuda.shared.array((NG, G), float32)
+        sm_l = cuda.shared.array((NG, G), float32)
+        sm_acc = cuda.shared.array((NG, G, D), float32)
+        for g in range(G):
+            if d0 == 0:
+                sm_m[row, g] = m[g]
+                sm_l[row, g] = l[g]
+            for i in range(VEC):
+                sm_acc[row, g, d0 + i] = acc[g, i]
+        cuda.syncthreads()
+        for o in range(tid, G * D, THREADS):
+            g = o // D
+            d = o % D
+            mx = NEG
+            for r in range(NG):
+                mx = max(mx, sm_m[r, g])
+            tot = float32(0)
+            val = float32(0)
+            for r in range(NG):
+                w = math.exp(sm_m[r, g] - mx)
+                tot += sm_l[r, g] * w
+                val += sm_acc[r, g, d] * w
+            h = kvh * G + g
+            lse = NEG
+            if tot > float32(0):
+                o_part[s, h, split, d] = val / tot
+                lse = mx + math.log(tot)
+            else:                                         # an empty split (past seq_len)
+                o_part[s, h, split, d] = float32(0)
+            if d == 0:
+                lse_part[s, h, split] = lse
+
+    return decode_kernel
+
+
+@functools.lru_cache(maxsize=None)
+def merge_kernel():
+    """Combine the splits: out = sum_p exp(lse_p - max) * o_p / sum_p exp(lse_p - max)."""
+    sig = None if SIM else "void(float32[:, :, :, ::1], float32[:, :, ::1], float32[:, :, ::1])"
+
+    @nb.kernel(sig=sig)
+    def merge_kernel(o_part, lse_part, out):
+        # o_part [S, H, P, D], lse_part [S, H, P] -> out [S, H, D]; grid (H, S), one thread per d
+        h = cuda.blockIdx.x
+        s = cuda.blockIdx.y
+        d = cuda.threadIdx.x
+        n = lse_part.shape[2]
+        mx = nb.NEG
+        for p in range(n):
+            mx = max(mx, lse_part[s, h, p])
+        tot = float32(0)
+        val = float32(0)
+        for p in range(n):
+            w = math.exp(lse_part[s, h, p] - mx)   # 0 for empty splits (lse = -1e30)
+            tot += w
+            val += w * o_part[s, h, p, d]
+        out[s, h, d] = val / tot
+
+    return merge_kernel
+
+
+def check_supported(head_dim: int, group: int) -> None:
+    if head_dim not in HEAD_DIMS:
+        raise ValueError(f"q: head_dim {head_dim} not supported by the Numba decode kernel "
+                         f"(supported: {HEAD_DIMS}); use get_backend('torch')")
+    if group > 8:
+        raise ValueError(f"q: {group} query heads per KV head; the Numba kernels support up to 8")
+
+
+def choose_splits(num_seqs: int, num_kv_heads: int, max_context: int) -> int:
+    """FlashDecoding split count: enough blocks for ~4 per SM, but no split shorter than
+    MIN_TOKENS_PER_SPLIT tokens (each split costs a partial write and a share of the merge)."""
+    blocks = max(1, num_seqs * num_kv_heads)
+    want = -(-4 * nb.num_sms() // blocks)
+    return max(1, min(want, -(-max_context // MIN_TOKENS_PER_SPLIT)))
+
+
+def decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale, num_splits=None, check=True):
+    """q [S, H, D] -> out [S, H, D] (q's dtype). ``num_splits`` fixes the FlashDecoding split
+    count (default: chosen from the batch and the block table width, no host sync). ``check=False``
+    skips argument validation (the CUDA-graph path validates once before capture)."""
+    if check:
+        validate.check_decode(q, k_cache, v_cache, block_tables, seq_lens, scale)
+    nblk, bs, hkv, d = k_cache.shape
+    S, H, _ = q.shape
+    check_supported(d, H // hkv)
+    out32 = torch.empty(S, H, d, dtype=torch.float32, device=q.device)   # [S, H, D]
+    if S == 0:
+        return out32.to(q.dtype)
+    max_ctx = block_tables.shape[1] * bs          # upper bound on any seq_len, known without a sync
+    splits = num_splits or choose_splits(S, hkv, max_ctx)
+    split_len = -(-max_ctx // splits)
+    splits = -(-max_ctx // split_len)
+    if splits == 1:
+        o_part = out32.view(S, H, 1, d)            # one split: the kernel writes the output directly
+    else:
+        o_part = torch.empty(S, H, splits, d, dtype=torch.float32, device=q.device)
+    lse = torch.empty(S, H, splits, dtype=torch.float32, device=q.device)
+    q32 = q.float().contiguous()
+    st = nb.stream()
+    k = decode_kernel(_kind(k_cache), d, H // hkv, bs)
+    k[(hkv, S, splits), THREADS, st](
+        nb.as_numba(q32), nb.as_numba(k_cache.view(-1), persistent=True),
+        nb.as_numba(v_cache.view(-1), persistent=True), nb.as_numba(block_tables),
+        nb.as_numba(seq_lens), float32(scale), split_len, nb.as_numba(o_part), nb.as_numba(lse))
+    if splits > 1:
+        merge_kernel()[(H, S), d, st](nb.as_numba(o_part), nb.as_numba(lse), nb.as_numba(out32))
+    return out32.to(q.dtype)

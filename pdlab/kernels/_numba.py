@@ -60,7 +60,7 @@ def device(gpu_impl, sim_impl):
 def _bf16_gpu(bits):
     from numba.cuda import libdevice
 
-    return libdevice.int_as_float((int32(bits) & 0xFFFF) << 16)
+    return libdevice.int_as_float(int32((int32(bits) & int32(0xFFFF)) << int32(16)))
 
 
 def _bf16_sim(bits):
@@ -99,26 +99,25 @@ def _make_load8_gpu(kind: str):
         def codegen(context, builder, signature, args):
             arrty, idxty = signature.args
             aval, ival = args
+            ival = context.cast(builder, ival, idxty, types.intp)
             ary = context.make_array(arrty)(context, builder, aval)
             ptr = cgutils.get_item_pointer(context, builder, arrty, ary, [ival], wraparound=False)
-            i32, i16, f32 = ir.IntType(32), ir.IntType(16), ir.FloatType()
-            # one ld.global.nc.v4.u32: 16 bytes through the read-only data cache
-            ret = ir.LiteralStructType([i32, i32, i32, i32])
-            fty = ir.FunctionType(ret, [ptr.type])
-            asm = ir.InlineAsm(fty, "ld.global.nc.v4.u32 {$0, $1, $2, $3}, [$4];", "=r,=r,=r,=r,l")
-            words = builder.call(asm, [ptr])
+            i32, i16 = ir.IntType(32), ir.IntType(16)
+            # view the address as <4 x i32> and load it with 16-byte alignment: ld.global.v4.u32
+            vptr = builder.bitcast(ptr, ir.VectorType(i32, 4).as_pointer())
+            vec = builder.load(vptr, align=16)
             out = []
             for w in range(4):
-                word = builder.extract_value(words, w)
-                if kind == "bf16":  # low half first (little endian), each shifted into fp32 bits
+                word = builder.extract_element(vec, ir.Constant(i32, w))
+                if kind == "bf16":  # low half first (little endian), each moved into fp32's top bits
                     lo = builder.shl(word, ir.Constant(i32, 16))
-                    hi = builder.and_(word, ir.Constant(i32, 0xFFFF0000))
-                    out += [builder.bitcast(lo, f32), builder.bitcast(hi, f32)]
-                else:  # fp16: the hardware converter, one cvt per half
-                    cvt = ir.InlineAsm(ir.FunctionType(f32, [i16]), "cvt.f32.f16 $0, $1;", "=f,h")
+                    hi = builder.and_(word, ir.Constant(i32, -65536))  # 0xFFFF0000
+                    out += [builder.bitcast(lo, ir.FloatType()), builder.bitcast(hi, ir.FloatType())]
+                else:  # fp16: reinterpret each half as `half` and widen (one cvt.f32.f16 each)
                     lo = builder.trunc(word, i16)
                     hi = builder.trunc(builder.lshr(word, ir.Constant(i32, 16)), i16)
-                    out += [builder.call(cvt, [lo]), builder.call(cvt, [hi])]
+                    for h in (lo, hi):
+                        out.append(builder.fpext(builder.bitcast(h, ir.HalfType()), ir.FloatType()))
             return context.make_tuple(builder, signature.return_type, out)
 
         return sig, codegen
@@ -135,11 +134,22 @@ def _load8_sim_f16(arr, idx):
     return tuple(np.asarray(arr[idx : idx + 8]).astype(np.float32))
 
 
-def load8(kind: str):
-    """The 8-wide loader for ``kind`` in {"f16", "bf16"}."""
+def _make_load8_scalar(kind: str):
+    cvt = load1(kind)
+
+    def load8_scalar(arr, i):  # 8 separate 2-byte loads: the fallback if the wide one won't build
+        return (cvt(arr[i]), cvt(arr[i + 1]), cvt(arr[i + 2]), cvt(arr[i + 3]),
+                cvt(arr[i + 4]), cvt(arr[i + 5]), cvt(arr[i + 6]), cvt(arr[i + 7]))
+
+    return cuda.jit(device=True, inline="always")(load8_scalar)
+
+
+def load8(kind: str, wide: bool = True):
+    """The 8-wide loader for ``kind`` in {"f16", "bf16"}: one 16-byte load (``wide``) or eight
+    2-byte loads."""
     if SIM:
         return _load8_sim_bf16 if kind == "bf16" else _load8_sim_f16
-    return _make_load8_gpu(kind)
+    return _make_load8_gpu(kind) if wide else _make_load8_scalar(kind)
 
 
 def load1(kind: str):

@@ -39,15 +39,16 @@ def _kind(cache) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def decode_kernel(kind: str, head_dim: int, group: int, block_size: int):
+def decode_kernel(kind: str, head_dim: int, group: int, block_size: int, wide: bool = True):
     """Compile (once per configuration) the split-K decode kernel. The arguments are baked in
-    as constants so loops over them unroll and the small per-thread arrays live in registers."""
+    as constants so loops over them unroll and the small per-thread arrays live in registers.
+    ``wide``: 16-byte loads (else eight 2-byte loads per lane, the slower fallback)."""
     D, G, BS, U = head_dim, group, block_size, UNROLL
     LPR = D // VEC               # lanes sharing one token row: 16 for D=128, 8 for D=64
     NG = THREADS // LPR          # token rows a block works on at once
     STEP = NG * U                # tokens a block consumes per loop iteration
     NEG = nb.NEG
-    load8 = nb.load8(kind)       # 16-byte load -> 8 fp32 (plain Python on the simulator)
+    load8 = nb.load8(kind, wide)  # 16-byte load -> 8 fp32 (plain Python on the simulator)
     row_sum = nb.lane_sum(LPR)   # sum over the LPR lanes of a row (warp shuffles on a GPU)
     cache_t = "int16" if kind == "bf16" else "float16"
     sig = None if SIM else (
@@ -180,6 +181,27 @@ def merge_kernel():
     return merge_kernel
 
 
+#: "wide" (16-byte loads) unless building them failed on this machine, then "scalar"
+LOAD_PATH = "wide"
+
+
+def _get_kernel(kind, d, group, bs):
+    global LOAD_PATH
+    if LOAD_PATH == "wide":
+        try:
+            k = decode_kernel(kind, d, group, bs, True)
+            if not SIM:
+                for compiled in k.overloads.values():
+                    compiled.bind()   # assemble and load now, so a PTX error surfaces here
+            return k
+        except Exception as e:  # an NVVM/driver that rejects the inline PTX: keep working, slower
+            import warnings
+
+            warnings.warn(f"16-byte loads unavailable ({type(e).__name__}: {e}); using 2-byte loads")
+            LOAD_PATH = "scalar"
+    return decode_kernel(kind, d, group, bs, False)
+
+
 def check_supported(head_dim: int, group: int) -> None:
     if head_dim not in HEAD_DIMS:
         raise ValueError(f"q: head_dim {head_dim} not supported by the Numba decode kernel "
@@ -219,7 +241,7 @@ def decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale, num_spl
     lse = torch.empty(S, H, splits, dtype=torch.float32, device=q.device)
     q32 = q.float().contiguous()
     st = nb.stream()
-    k = decode_kernel(_kind(k_cache), d, H // hkv, bs)
+    k = _get_kernel(_kind(k_cache), d, H // hkv, bs)
     k[(hkv, S, splits), THREADS, st](
         nb.as_numba(q32), nb.as_numba(k_cache.view(-1), persistent=True),
         nb.as_numba(v_cache.view(-1), persistent=True), nb.as_numba(block_tables),

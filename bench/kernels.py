@@ -1,0 +1,243 @@
+"""Benchmark the Numba attention kernels on a GPU and write the numbers as JSON.
+
+    python bench/kernels.py --out bench/results/kernels-h200-2026-11-29.json
+
+What is measured (CUDA events, after warm-up, median of repeats):
+- copy_tbps: torch device-to-device copy of a 2 GiB buffer, bytes read + bytes written: the
+  practical bandwidth ceiling a decode kernel is compared with.
+- decode: Numba paged decode (32 query heads, 8 KV heads, head dim 128, bf16 KV, block 16),
+  replayed from a CUDA graph so launch overhead is excluded; TB/s = K+V bytes read / time.
+  sdpa_tbps: torch SDPA on the same K/V stored dense (no paging), the vendor-kernel anchor.
+- prefill: one causal 4096-token prompt, same heads; FLOPs = 4 * D * H * L(L+1)/2
+  (QK^T and PV over the causal half). SDPA uses tensor cores; the Numba kernel cannot.
+- launch_us: per-kernel launch overhead from Python (eager) and per kernel inside a replayed
+  CUDA graph.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+H, HKV, D, BS = 32, 8, 128, 16
+DTYPE = torch.bfloat16
+
+
+def timed(fn, iters=20, repeats=5):
+    """Median milliseconds per call of fn() over `repeats` runs of `iters` calls."""
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        e0.record()
+        for _ in range(iters):
+            fn()
+        e1.record()
+        torch.cuda.synchronize()
+        times.append(e0.elapsed_time(e1) / iters)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def copy_tbps():
+    a = torch.empty(2 << 30, dtype=torch.uint8, device="cuda")
+    b = torch.empty_like(a)
+    ms = timed(lambda: b.copy_(a), iters=10)
+    return 2 * a.numel() / (ms * 1e-3) / 1e12
+
+
+def paged_cache(batch, context, seed=0):
+    """Random bf16 KV in a scrambled paged layout: [num_blocks, BS, HKV, D]."""
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    per_seq = -(-context // BS)
+    nblocks = batch * per_seq
+    k_cache = torch.randn(nblocks, BS, HKV, D, device="cuda", dtype=DTYPE, generator=g)
+    v_cache = torch.randn(nblocks, BS, HKV, D, device="cuda", dtype=DTYPE, generator=g)
+    perm = torch.randperm(nblocks, device="cuda", generator=g).to(torch.int32)
+    block_tables = perm.view(batch, per_seq).contiguous()
+    seq_lens = torch.full((batch,), context, dtype=torch.int32, device="cuda")
+    return k_cache, v_cache, block_tables, seq_lens
+
+
+def bench_decode(nbk, batch, context):
+    from pdlab.kernels.graphs import DecodeGraph
+
+    k_cache, v_cache, bt, sl = paged_cache(batch, context)
+    q = torch.randn(batch, H, D, device="cuda", dtype=DTYPE)
+    scale = D ** -0.5
+    kv_bytes = 2 * batch * context * HKV * D * k_cache.element_size()
+    g = DecodeGraph(q, k_cache, v_cache, bt, sl, scale)
+    ms = timed(g.replay, iters=50)
+    eager_ms = timed(lambda: nbk.decode_attention(q, k_cache, v_cache, bt, sl, scale, check=False), iters=20)
+    # correctness at benchmark size, against the torch backend
+    ref = torch_ref_decode(q, k_cache, v_cache, bt, sl, scale)
+    err = (g.replay().float() - ref.float()).abs().max().item()
+    # SDPA on the same K/V stored dense: [B, HKV, ctx, D]
+    kd = torch.randn(batch, HKV, context, D, device="cuda", dtype=DTYPE)
+    vd = torch.randn_like(kd)
+    q4 = q[:, :, None, :]
+    sdpa_ms = timed(lambda: F.scaled_dot_product_attention(q4, kd, vd, scale=scale, enable_gqa=True), iters=50)
+    del k_cache, v_cache, kd, vd
+    torch.cuda.empty_cache()
+    return dict(batch=batch, context=context, num_splits=g.num_splits, ms=ms,
+                tbps=kv_bytes / (ms * 1e-3) / 1e12, eager_ms=eager_ms,
+                eager_tbps=kv_bytes / (eager_ms * 1e-3) / 1e12,
+                sdpa_ms=sdpa_ms, sdpa_tbps=kv_bytes / (sdpa_ms * 1e-3) / 1e12, max_abs_err_vs_torch=err)
+
+
+def torch_ref_decode(q, k_cache, v_cache, bt, sl, scale):
+    from pdlab.kernels import get_backend
+
+    return get_backend("torch").decode_attention(q, k_cache, v_cache, bt, sl, scale)
+
+
+def bench_prefill(nbk, tokens, context=None):
+    context = context or tokens
+    k_cache, v_cache, bt, sl = paged_cache(1, context)
+    q = torch.randn(tokens, H, D, device="cuda", dtype=DTYPE)
+    cu = torch.tensor([0, tokens], dtype=torch.int32, device="cuda")
+    scale = D ** -0.5
+    # query i at position context - tokens + i sees context - tokens + i + 1 keys
+    pairs = sum(context - tokens + i + 1 for i in range(tokens))
+    flops = 4 * D * H * pairs
+    ms = timed(lambda: nbk.prefill_attention(q, k_cache, v_cache, bt, cu, sl, scale, max_q_len=tokens,
+                                             check=False), iters=5, repeats=3)
+    out = nbk.prefill_attention(q, k_cache, v_cache, bt, cu, sl, scale)
+    from pdlab.kernels import get_backend
+
+    ref = get_backend("torch").prefill_attention(q, k_cache, v_cache, bt, cu, sl, scale)
+    err = (out.float() - ref.float()).abs().max().item()
+    row = dict(tokens=tokens, context=context, ms=ms, tflops=flops / (ms * 1e-3) / 1e12, max_abs_err_vs_torch=err)
+    if context == tokens:
+        qd = q.transpose(0, 1)[None]                                  # [1, H, L, D]
+        kd = torch.randn(1, HKV, tokens, D, device="cuda", dtype=DTYPE)
+        vd = torch.randn_like(kd)
+        sdpa_ms = timed(lambda: F.scaled_dot_product_attention(qd, kd, vd, is_causal=True, scale=scale,
+                                                               enable_gqa=True), iters=20)
+        row.update(sdpa_ms=sdpa_ms, sdpa_tflops=flops / (sdpa_ms * 1e-3) / 1e12)
+        row["ratio_to_sdpa"] = row["tflops"] / row["sdpa_tflops"]
+    return row
+
+
+def bench_launch(nbk):
+    """Per-kernel overhead: the raw Numba decode kernel on a tiny problem (1 sequence, 16 tokens,
+    one split), launched N times from Python, then N times from one replayed CUDA graph."""
+    from pdlab.kernels import _numba as nb
+    from pdlab.kernels import decode_attention as da
+
+    k_cache, v_cache, bt, sl = paged_cache(1, 16)
+    q32 = torch.randn(1, H, D, device="cuda")
+    o = torch.empty(1, H, 1, D, device="cuda")
+    lse = torch.empty(1, H, 1, device="cuda")
+    kern = da._get_kernel("bf16", D, H // HKV, BS)
+    args = (nb.as_numba(q32), nb.as_numba(k_cache.view(-1), persistent=True),
+            nb.as_numba(v_cache.view(-1), persistent=True), nb.as_numba(bt), nb.as_numba(sl),
+            nb.float32(D ** -0.5), 16, nb.as_numba(o), nb.as_numba(lse))
+    grid = (HKV, 1, 1)
+    n = 200
+
+    def eager():
+        st = nb.stream()
+        for _ in range(n):
+            kern[grid, da.THREADS, st](*args)
+
+    eager()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    eager()
+    torch.cuda.synchronize()
+    eager_us = (time.perf_counter() - t0) / n * 1e6
+
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        eager()                                   # n launches recorded, none executed
+    graph.replay()
+    torch.cuda.synchronize()
+    graph_ms = timed(graph.replay, iters=5)
+    # a launch in a graph costs its scheduling plus the (tiny) kernel: subtract nothing, report all
+    # whole decode_attention call (torch glue + 1 kernel) from Python
+    call_ms = timed(lambda: nbk.decode_attention(q32, k_cache, v_cache, bt, sl, D ** -0.5, num_splits=1,
+                                                 check=False), iters=100)
+    return dict(eager=eager_us, graph=graph_ms * 1e3 / n, decode_call_eager=call_ms * 1e3,
+                note="eager: Python launch of one Numba kernel with pre-wrapped arrays; graph: per "
+                     "kernel when 200 such launches replay from one CUDA graph (includes the tiny "
+                     "kernel's own run time); decode_call_eager: a whole decode_attention() call")
+
+
+def versions():
+    import numpy
+
+    out = dict(python=platform.python_version(), torch=torch.__version__, numpy=numpy.__version__,
+               cuda_runtime=torch.version.cuda)
+    try:
+        import numba
+
+        out["numba"] = numba.__version__
+    except Exception as e:  # pragma: no cover
+        out["numba"] = repr(e)
+    try:
+        from importlib.metadata import version
+
+        out["numba_cuda"] = version("numba-cuda")
+    except Exception as e:  # pragma: no cover
+        out["numba_cuda"] = repr(e)
+    return out
+
+
+def driver():
+    try:
+        return subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=20).stdout.strip()
+    except Exception as e:  # pragma: no cover
+        return repr(e)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="bench/results/kernels.json")
+    ap.add_argument("--quick", action="store_true", help="fewer shapes (smoke test)")
+    args = ap.parse_args(argv)
+    from pdlab.kernels import get_backend
+    from pdlab.kernels import decode_attention as da
+    from pdlab.kernels import prefill_attention as pa
+
+    nbk = get_backend("numba")
+    res = dict(gpu=torch.cuda.get_device_name(0), driver=driver(), versions=versions(),
+               date=time.strftime("%Y-%m-%d"), shapes=dict(num_heads=H, num_kv_heads=HKV, head_dim=D,
+                                                         block_size=BS, kv_dtype="bfloat16"))
+    res["copy_tbps"] = copy_tbps()
+    print(f"copy: {res['copy_tbps']:.2f} TB/s", flush=True)
+    res["decode"] = []
+    for batch, context in [(16, 4096), (64, 1024), (1, 32768)][: 1 if args.quick else 3]:
+        row = bench_decode(nbk, batch, context)
+        row["ratio_to_copy"] = row["tbps"] / res["copy_tbps"]
+        res["decode"].append(row)
+        print(f"decode {batch}x{context}: {row}", flush=True)
+    res["decode_load_path"] = da.LOAD_PATH
+    res["prefill"] = []
+    for tokens, context in [(4096, 4096), (512, 4096)][: 1 if args.quick else 2]:
+        row = bench_prefill(nbk, tokens, context)
+        res["prefill"].append(row)
+        print(f"prefill {tokens}/{context}: {row}", flush=True)
+    res["prefill_tile"] = dict(threads=pa.THREADS, bm=pa.BM, bn=pa.BN, dc=pa.DC)
+    res["launch_us"] = bench_launch(nbk)
+    print(f"launch: {res['launch_us']}", flush=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""ModelExecutor: runs a ``Batch`` through the real model over a paged KV cache it owns.
+
+One forward pass serves the whole iteration: prefill chunks and decodes are laid out flat
+(prefill tokens first, then one token per decode), every layer writes the new K/V into its
+slots, prefill chunks attend causally to their paged context (chunk included), decodes attend
+to theirs. Greedy sampling returns one token per ``batch.sampling()`` entry, and the step is
+timed (CUDA events on a GPU, ``time.perf_counter`` on the CPU), so the event loop advances by
+measured seconds.
+
+The scheduler's BlockManager has already allocated every block the batch needs; this class only
+reads ``seq.block_table`` and never changes a sequence (``postprocess`` does that).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from .kernels import get_backend
+from .model import AttentionMetadata, Model
+from .request import Batch, Sequence, StepResult
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _token_ids(seq: Sequence, start: int, end: int) -> list[int]:
+    """Token ids at positions [start, end): prompt, then generated tokens."""
+    prompt = seq.request.prompt_ids
+    if prompt is None:
+        raise ValueError(f"request {seq.id} has no prompt ids: the model executor needs them")
+    p = seq.prompt_len
+    out = list(prompt[start:min(end, p)])
+    if end > p:
+        out += seq.output_ids[max(start, p) - p:end - p]
+    return out
+
+
+class ModelExecutor:
+    """``run(batch) -> StepResult(seconds, tokens)`` with the real model.
+
+    model       a ``pdlab.model.Model`` (moved to ``device``)
+    num_blocks  KV blocks this executor holds (the BlockManager's count)
+    block_size  tokens per block
+    backend     "torch" (gather + SDPA) or "numba" (the paged CUDA kernels, or the simulator)
+    """
+
+    def __init__(self, model: Model, num_blocks: int, block_size: int, backend: str = "torch",
+                 device: str | torch.device | None = None):
+        self.device = torch.device(device) if device is not None else default_device()
+        self.model = model.to(self.device).eval()
+        self.cfg = cfg = model.cfg
+        self.num_blocks, self.block_size = num_blocks, block_size
+        self.backend_name = backend
+        self.backend = get_backend(backend)
+        shape = (num_blocks, block_size, cfg.num_kv_heads, cfg.head_dim)
+        # one (k_cache, v_cache) pair per layer: [num_blocks, block_size, Hkv, D]
+        self.kv_caches = [(torch.zeros(shape, dtype=cfg.torch_kv_dtype, device=self.device),
+                           torch.zeros(shape, dtype=cfg.torch_kv_dtype, device=self.device))
+                          for _ in range(cfg.num_layers)]
+        self.steps = 0
+
+    @property
+    def kv_cache_bytes(self) -> int:
+        k, _ = self.kv_caches[0]
+        return 2 * len(self.kv_caches) * k.numel() * k.element_size()
+
+    # ---- inputs -------------------------------------------------------------------------------
+    def _tables(self, seqs: list[Sequence], need: list[int]) -> torch.Tensor:
+        """[n, max_blocks] int32 block tables, padded with block 0 (never read past seq_lens)."""
+        width = max(need)
+        bt = np.zeros((len(seqs), width), dtype=np.int32)
+        for i, (s, n) in enumerate(zip(seqs, need)):
+            if len(s.block_table) < n:
+                raise ValueError(f"sequence {s.id} needs {n} KV blocks but its block table has "
+                                 f"{len(s.block_table)}: allocate before run()")
+            bt[i, :n] = s.block_table[:n]
+        return torch.from_numpy(bt)
+
+    def prepare(self, batch: Batch):
+        """Flat inputs for one iteration: (input_ids [T], positions [T], AttentionMetadata,
+        logits_index [S]) where S = len(batch.sampling())."""
+        bs = self.block_size
+        ids: list[int] = []
+        pos_parts, slot_parts, logits_index = [], [], []
+        p_seqs, p_need, cu, p_lens = [], [], [0], []
+        for seq, n in batch.prefills:
+            start, end = seq.num_computed, seq.num_computed + n
+            if n < 1 or end > seq.num_tokens:
+                raise ValueError(f"sequence {seq.id}: prefill of {n} tokens from {start} exceeds its {seq.num_tokens} tokens")
+            ids += _token_ids(seq, start, end)
+            pos_parts.append(np.arange(start, end))
+            p_seqs.append(seq)
+            p_need.append(-(-end // bs))
+            cu.append(cu[-1] + n)
+            p_lens.append(end)
+            if end == seq.num_tokens:               # the chunk that completes the sequence samples
+                logits_index.append(cu[-1] - 1)
+        P = cu[-1]
+        d_lens = []
+        for j, seq in enumerate(batch.decodes):
+            if seq.num_tokens - seq.num_computed != 1:
+                raise ValueError(f"sequence {seq.id}: a decode needs exactly one uncomputed token, "
+                                 f"has {seq.num_tokens - seq.num_computed}")
+            p = seq.num_computed
+            ids += _token_ids(seq, p, p + 1)
+            pos_parts.append(np.array([p]))
+            d_lens.append(p + 1)
+            logits_index.append(P + j)
+        positions = np.concatenate(pos_parts).astype(np.int64)            # [T]
+        for seq, part in zip(p_seqs + list(batch.decodes), pos_parts):
+            table = np.asarray(seq.block_table, dtype=np.int64)
+            slot_parts.append(table[part // bs] * bs + part % bs)
+        dev = self.device
+        to = lambda a, dt: torch.as_tensor(a, dtype=dt).to(dev, non_blocking=True)  # noqa: E731
+        attn = AttentionMetadata(
+            backend=self.backend,
+            slot_mapping=to(np.concatenate(slot_parts), torch.int64),      # [T]
+            num_prefill_tokens=P)
+        if p_seqs:
+            attn.prefill_cu_seqlens_q = to(cu, torch.int32)                # [n_p + 1]
+            attn.prefill_seq_lens = to(p_lens, torch.int32)                # [n_p]
+            attn.prefill_block_tables = self._tables(p_seqs, p_need).to(dev)  # [n_p, max_blocks]
+        if batch.decodes:
+            attn.decode_seq_lens = to(d_lens, torch.int32)                 # [n_d]
+            attn.decode_block_tables = self._tables(
+                batch.decodes, [-(-n // bs) for n in d_lens]).to(dev)      # [n_d, max_blocks]
+        return (to(ids, torch.int64), to(positions, torch.int64), attn,
+                to(logits_index, torch.int64))
+
+    # ---- the step -----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def run(self, batch: Batch) -> StepResult:
+        """Run one iteration; seconds include input preparation, the forward pass and sampling
+        (everything a real engine spends per step)."""
+        if not batch:
+            return StepResult(0.0, [])
+        cuda = self.device.type == "cuda"
+        if cuda:
+            t0, t1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize(self.device)
+            t0.record()
+        else:
+            start = time.perf_counter()
+        input_ids, positions, attn, logits_index = self.prepare(batch)
+        logits = self.model(input_ids, positions, self.kv_caches, attn, logits_index)   # [S, V]
+        next_ids = logits.argmax(dim=-1)                                               # [S] greedy
+        if cuda:
+            t1.record()
+        tokens = next_ids.tolist()                   # waits for the GPU
+        seconds = t0.elapsed_time(t1) / 1e3 if cuda else time.perf_counter() - start
+        self.steps += 1
+        return StepResult(seconds, tokens)
+
+    # ---- disaggregation -----------------------------------------------------------------------
+    @torch.inference_mode()
+    def transfer_kv(self, src: "ModelExecutor", src_block_table: list[int], dst_block_table: list[int]) -> None:
+        """Copy a sequence's KV blocks from ``src``'s cache into this one (disaggregated mode on
+        one machine: prefill and decode executors are separate caches, maybe separate devices).
+        Copies ``len(dst_block_table)`` blocks, in order."""
+        n = len(dst_block_table)
+        if len(src_block_table) < n:
+            raise ValueError(f"transfer_kv: {len(src_block_table)} source blocks for {n} destination blocks")
+        if n == 0:
+            return
+        if (src.cfg.num_layers, src.cfg.num_kv_heads, src.cfg.head_dim, src.block_size) != \
+                (self.cfg.num_layers, self.cfg.num_kv_heads, self.cfg.head_dim, self.block_size):
+            raise ValueError("transfer_kv: source and destination caches have different shapes")
+        s_idx = torch.tensor(src_block_table[:n], dtype=torch.int64, device=src.device)
+        d_idx = torch.tensor(dst_block_table, dtype=torch.int64, device=self.device)
+        for (sk, sv), (dk, dv) in zip(src.kv_caches, self.kv_caches):
+            dk[d_idx] = sk[s_idx].to(self.device, dk.dtype, non_blocking=True)
+            dv[d_idx] = sv[s_idx].to(self.device, dv.dtype, non_blocking=True)
+
+
+def factory(model: Model, backend: str = "torch", device=None):
+    """An ``executor_factory`` for ``pdlab.cluster.run_serving``: one ModelExecutor (and one KV
+    cache) per worker, sharing the model weights."""
+
+    def make(worker_name: str, role: str, num_blocks: int, block_size: int) -> ModelExecutor:
+        return ModelExecutor(model, num_blocks, block_size, backend=backend, device=device)
+
+    return make

@@ -7,7 +7,7 @@ keeps working on machines where numba is missing or broken.
 - simulator detection (``NUMBA_ENABLE_CUDASIM=1``: kernels run as Python threads on the CPU),
 - ``kernel(...)``: ``cuda.jit`` with GPU-only options kept away from the simulator,
 - device helpers with two bodies: a fast GPU one and a plain-Python simulator one
-  (16-byte loads, bf16 unpacking, the lane reduction that needs warp shuffles),
+  (16-byte loads, fp16/bf16 unpacking, the lane reduction that needs warp shuffles),
 - torch <-> Numba array wrapping (cached, so persistent tensors are wrapped once),
 - the stream Numba launches on (torch's current stream, so CUDA-graph capture sees it).
 """
@@ -25,6 +25,7 @@ if not hasattr(np, "row_stack"):
     np.row_stack = np.vstack
 
 from numba import cuda, float32, int32  # noqa: E402  (after the shim on purpose)
+from numba.cuda import libdevice  # noqa: E402
 
 SIM: bool = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") == "1"
 
@@ -58,8 +59,6 @@ def device(gpu_impl, sim_impl):
 # bf16 -> fp32. Numba has no bf16 type: the cache is viewed as int16 and each value unpacked by
 # putting its 16 bits on top of an fp32 (bf16 is exactly the upper half of an fp32).
 def _bf16_gpu(bits):
-    from numba.cuda import libdevice
-
     return libdevice.int_as_float(int32((int32(bits) & int32(0xFFFF)) << int32(16)))
 
 
@@ -82,19 +81,20 @@ f16_to_f32 = device(_f16_gpu, _f16_sim)
 
 
 # ---------------------------------------------------------------------------------------------
-# 16-byte loads: 8 consecutive fp16/bf16 values -> 8 fp32. Numba issues one 2-byte load per
-# element by itself; a wide load moves the same bytes in 8x fewer instructions, which is what a
-# memory-bound kernel needs (see GPU-NOTES: 1.3 -> 2.2 TB/s).
-def _make_load8_gpu(kind: str):
+# 16-byte loads. Numba issues one 2-byte load per fp16/bf16 element by itself; one 16-byte load
+# moves the same bytes in 8x fewer instructions, which a memory-bound kernel needs (GPU-NOTES:
+# 1.3 -> 2.2 TB/s). ``load16`` returns the raw bits as 4 int32 words (2 values each) so the loads
+# can be issued early and unpacked later, when the values are used (``unpack2``).
+def _make_load16_gpu():
     from llvmlite import ir
     from numba import types
     from numba.cuda import cgutils
     from numba.cuda.extending import intrinsic
 
     @intrinsic
-    def load8(typingctx, arr, idx):
-        # arr: 1-D int16 (bf16 bits) or float16 array; idx: element index, a multiple of 8
-        sig = types.UniTuple(types.float32, 8)(arr, idx)
+    def load16(typingctx, arr, idx):
+        # arr: 1-D int16 array (fp16 or bf16 bits); idx: element index, a multiple of 8
+        sig = types.UniTuple(types.int32, 4)(arr, idx)
 
         def codegen(context, builder, signature, args):
             arrty, idxty = signature.args
@@ -102,54 +102,81 @@ def _make_load8_gpu(kind: str):
             ival = context.cast(builder, ival, idxty, types.intp)
             ary = context.make_array(arrty)(context, builder, aval)
             ptr = cgutils.get_item_pointer(context, builder, arrty, ary, [ival], wraparound=False)
-            i32, i16 = ir.IntType(32), ir.IntType(16)
+            i32 = ir.IntType(32)
             # view the address as <4 x i32> and load it with 16-byte alignment: ld.global.v4.u32
             vptr = builder.bitcast(ptr, ir.VectorType(i32, 4).as_pointer())
             vec = builder.load(vptr, align=16)
-            out = []
-            for w in range(4):
-                word = builder.extract_element(vec, ir.Constant(i32, w))
-                if kind == "bf16":  # low half first (little endian), each moved into fp32's top bits
-                    lo = builder.shl(word, ir.Constant(i32, 16))
-                    hi = builder.and_(word, ir.Constant(i32, -65536))  # 0xFFFF0000
-                    out += [builder.bitcast(lo, ir.FloatType()), builder.bitcast(hi, ir.FloatType())]
-                else:  # fp16: reinterpret each half as `half` and widen (one cvt.f32.f16 each)
-                    lo = builder.trunc(word, i16)
-                    hi = builder.trunc(builder.lshr(word, ir.Constant(i32, 16)), i16)
-                    for h in (lo, hi):
-                        out.append(builder.fpext(builder.bitcast(h, ir.HalfType()), ir.FloatType()))
-            return context.make_tuple(builder, signature.return_type, out)
+            words = [builder.extract_element(vec, ir.Constant(i32, w)) for w in range(4)]
+            return context.make_tuple(builder, signature.return_type, words)
 
         return sig, codegen
 
-    return load8
+    return load16
 
 
-def _load8_sim_bf16(arr, idx):
-    bits = np.asarray(arr[idx : idx + 8]).astype(np.uint16).astype(np.uint32) << 16
-    return tuple(bits.view(np.float32))
+def _make_unpack2_gpu(kind: str):
+    from llvmlite import ir
+    from numba import types
+    from numba.cuda.extending import intrinsic
+
+    @intrinsic
+    def unpack2(typingctx, word):
+        # one int32 word = two 16-bit values, low half first (little endian) -> two fp32
+        sig = types.UniTuple(types.float32, 2)(types.int32)
+
+        def codegen(context, builder, signature, args):
+            (w,) = args
+            i32, i16, f32 = ir.IntType(32), ir.IntType(16), ir.FloatType()
+            if kind == "bf16":  # bf16 = the top half of an fp32: move the bits there
+                lo = builder.bitcast(builder.shl(w, ir.Constant(i32, 16)), f32)
+                hi = builder.bitcast(builder.and_(w, ir.Constant(i32, -65536)), f32)  # 0xFFFF0000
+            else:  # fp16: reinterpret as `half` and widen (cvt.f32.f16)
+                lo16 = builder.trunc(w, i16)
+                hi16 = builder.trunc(builder.lshr(w, ir.Constant(i32, 16)), i16)
+                lo = builder.fpext(builder.bitcast(lo16, ir.HalfType()), f32)
+                hi = builder.fpext(builder.bitcast(hi16, ir.HalfType()), f32)
+            return context.make_tuple(builder, signature.return_type, [lo, hi])
+
+        return sig, codegen
+
+    return unpack2
 
 
-def _load8_sim_f16(arr, idx):
-    return tuple(np.asarray(arr[idx : idx + 8]).astype(np.float32))
+def _load16_scalar_gpu(arr, i):  # eight 2-byte loads: the fallback if the wide load won't build
+    return ((int32(arr[i]) & 0xFFFF) | (int32(arr[i + 1]) << 16),
+            (int32(arr[i + 2]) & 0xFFFF) | (int32(arr[i + 3]) << 16),
+            (int32(arr[i + 4]) & 0xFFFF) | (int32(arr[i + 5]) << 16),
+            (int32(arr[i + 6]) & 0xFFFF) | (int32(arr[i + 7]) << 16))
 
 
-def _make_load8_scalar(kind: str):
-    cvt = load1(kind)
-
-    def load8_scalar(arr, i):  # 8 separate 2-byte loads: the fallback if the wide one won't build
-        return (cvt(arr[i]), cvt(arr[i + 1]), cvt(arr[i + 2]), cvt(arr[i + 3]),
-                cvt(arr[i + 4]), cvt(arr[i + 5]), cvt(arr[i + 6]), cvt(arr[i + 7]))
-
-    return cuda.jit(device=True, inline="always")(load8_scalar)
+def _load16_sim(arr, idx):
+    b = np.asarray(arr[idx : idx + 8]).view(np.uint16).astype(np.uint32)
+    return tuple((b[0::2] | (b[1::2] << 16)).view(np.int32))
 
 
-def load8(kind: str, wide: bool = True):
-    """The 8-wide loader for ``kind`` in {"f16", "bf16"}: one 16-byte load (``wide``) or eight
-    2-byte loads."""
+def _unpack2_sim_bf16(word):
+    w = np.array([word], dtype=np.int32).view(np.uint32)
+    return (((w << 16).view(np.float32))[0], ((w & 0xFFFF0000).view(np.float32))[0])
+
+
+def _unpack2_sim_f16(word):
+    w = np.array([word], dtype=np.int32).view(np.uint16)  # [low half, high half]
+    return (np.float32(w[0:1].view(np.float16)[0]), np.float32(w[1:2].view(np.float16)[0]))
+
+
+def load16(wide: bool = True):
+    """8 consecutive 16-bit values at ``arr[idx:idx+8]`` as 4 int32 words: one 16-byte load
+    (``wide``), or eight 2-byte loads."""
     if SIM:
-        return _load8_sim_bf16 if kind == "bf16" else _load8_sim_f16
-    return _make_load8_gpu(kind) if wide else _make_load8_scalar(kind)
+        return _load16_sim
+    return _make_load16_gpu() if wide else cuda.jit(device=True, inline="always")(_load16_scalar_gpu)
+
+
+def unpack2(kind: str):
+    """int32 word -> (fp32, fp32) for ``kind`` in {"f16", "bf16"}."""
+    if SIM:
+        return _unpack2_sim_bf16 if kind == "bf16" else _unpack2_sim_f16
+    return _make_unpack2_gpu(kind)
 
 
 def load1(kind: str):

@@ -25,11 +25,11 @@ import torch
 
 from . import _numba as nb
 from . import validate
-from ._numba import SIM, cuda, float32
+from ._numba import SIM, cuda, float32, int32
 
 VEC = 8          # fp16/bf16 values per 16-byte load
 THREADS = 32 if SIM else 128   # 4 warps per block on a GPU; one on the simulator (1 OS thread each)
-UNROLL = 2       # token rows each thread loads before using them (more bytes in flight)
+UNROLL = 2       # tokens per thread per step (x2 in flight: the next step is prefetched)
 HEAD_DIMS = (64, 128)
 MIN_TOKENS_PER_SPLIT = 256
 
@@ -39,26 +39,28 @@ def _kind(cache) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def decode_kernel(kind: str, head_dim: int, group: int, block_size: int, wide: bool = True):
+def decode_kernel(kind: str, head_dim: int, group: int, block_size: int, wide: bool = True,
+                  unroll: int = UNROLL):
     """Compile (once per configuration) the split-K decode kernel. The arguments are baked in
     as constants so loops over them unroll and the small per-thread arrays live in registers.
     ``wide``: 16-byte loads (else eight 2-byte loads per lane, the slower fallback)."""
-    D, G, BS, U = head_dim, group, block_size, UNROLL
+    D, G, BS, U = head_dim, group, block_size, unroll
     LPR = D // VEC               # lanes sharing one token row: 16 for D=128, 8 for D=64
+    W = VEC // 2                 # int32 words per lane per row (2 values each)
     NG = THREADS // LPR          # token rows a block works on at once
     STEP = NG * U                # tokens a block consumes per loop iteration
     NEG = nb.NEG
-    load8 = nb.load8(kind, wide)  # 16-byte load -> 8 fp32 (plain Python on the simulator)
+    load16 = nb.load16(wide)     # 16-byte load -> 4 raw int32 words (plain Python on the simulator)
+    unpack2 = nb.unpack2(kind)   # word -> 2 fp32 (fp16 or bf16 bits)
     row_sum = nb.lane_sum(LPR)   # sum over the LPR lanes of a row (warp shuffles on a GPU)
-    cache_t = "int16" if kind == "bf16" else "float16"
     sig = None if SIM else (
-        f"void(float32[:, :, ::1], {cache_t}[::1], {cache_t}[::1], int32[:, ::1], int32[::1], "
+        "void(float32[:, :, ::1], int16[::1], int16[::1], int32[:, ::1], int32[::1], "
         "float32, int32, float32[:, :, :, ::1], float32[:, :, ::1])")
 
     @nb.kernel(sig=sig)
     def decode_kernel(q, k_cache, v_cache, block_tables, seq_lens, scale, split_len, o_part, lse_part):
         # q            [S, H, D]                 fp32 query, one per sequence
-        # k/v_cache    [num_slots * Hkv * D]     flat paged cache (fp16, or bf16 bits as int16)
+        # k/v_cache    [num_slots * Hkv * D]     flat paged cache, 16-bit values as int16
         # block_tables [S, max_blocks] int32;  seq_lens [S] int32
         # o_part       [S, H, num_splits, D]     fp32 output of this split (normalised)
         # lse_part     [S, H, num_splits]        fp32 log-sum-exp of this split's scores
@@ -76,8 +78,12 @@ def decode_kernel(kind: str, head_dim: int, group: int, block_size: int, wide: b
         acc = cuda.local.array((G, VEC), float32)   # unnormalised output slice per head
         m = cuda.local.array(G, float32)            # running max score per head
         l = cuda.local.array(G, float32)            # running sum of exp(score - m) per head
-        kv = cuda.local.array((U, VEC), float32)
-        vv = cuda.local.array((U, VEC), float32)
+        kw = cuda.local.array((U, W), int32)        # raw K/V words being loaded (next step)
+        vw = cuda.local.array((U, W), int32)
+        kc = cuda.local.array((U, W), int32)        # raw K/V words being used (this step)
+        vc = cuda.local.array((U, W), int32)
+        sc = cuda.local.array(U, float32)           # this step's scores for one head
+        kf = cuda.local.array(VEC, float32)
         for g in range(G):
             for i in range(VEC):
                 qv[g, i] = q[s, kvh * G + g, d0 + i] * scale   # fold the scale into q once
@@ -85,39 +91,67 @@ def decode_kernel(kind: str, head_dim: int, group: int, block_size: int, wide: b
             m[g] = NEG
             l[g] = float32(0)
         for u in range(U):
-            for i in range(VEC):
-                kv[u, i] = float32(0)
-                vv[u, i] = float32(0)
+            for w in range(W):
+                kw[u, w] = 0
+                vw[u, w] = 0
+        # prologue: start loading the first step
+        for u in range(U):
+            t = start + u * NG + row
+            if t < end:
+                slot = block_tables[s, t // BS] * BS + t % BS      # paging: block id -> slot
+                idx = (slot * hkv + kvh) * D + d0
+                k4 = load16(k_cache, idx)
+                v4 = load16(v_cache, idx)
+                for w in range(W):
+                    kw[u, w] = k4[w]
+                    vw[u, w] = v4[w]
 
-        # Same trip count for every thread of the block: lane_sum needs all lanes present.
+        # Same trip count for every thread of the block: row_sum needs all lanes present.
         for base in range(start, end, STEP):
-            # 1) issue every load of this step before using any: 2*U 16-byte loads in flight
+            # 1) take this step's words, then issue the next step's loads before computing:
+            #    the memory system works on step i+1 while the ALUs work on step i
             for u in range(U):
-                t = base + u * NG + row
+                for w in range(W):
+                    kc[u, w] = kw[u, w]
+                    vc[u, w] = vw[u, w]
+            for u in range(U):
+                t = base + STEP + u * NG + row
                 if t < end:
-                    slot = block_tables[s, t // BS] * BS + t % BS      # paging: block id -> slot
+                    slot = block_tables[s, t // BS] * BS + t % BS
                     idx = (slot * hkv + kvh) * D + d0
-                    k8 = load8(k_cache, idx)
-                    v8 = load8(v_cache, idx)
-                    for i in range(VEC):
-                        kv[u, i] = k8[i]
-                        vv[u, i] = v8[i]
-            # 2) scores and the online-softmax update, for each query head of the group
-            for u in range(U):
-                valid = base + u * NG + row < end
-                for g in range(G):
+                    k4 = load16(k_cache, idx)
+                    v4 = load16(v_cache, idx)
+                    for w in range(W):
+                        kw[u, w] = k4[w]
+                        vw[u, w] = v4[w]
+            # 2) per query head: U scores, one max/rescale for the step, then P.V
+            for g in range(G):
+                mx = m[g]
+                for u in range(U):
+                    for w in range(W):
+                        a, b = unpack2(kc[u, w])
+                        kf[2 * w] = a
+                        kf[2 * w + 1] = b
                     part = float32(0)
                     for i in range(VEC):
-                        part += qv[g, i] * kv[u, i]
-                    score = row_sum(part)                 # full q.k, on every lane of the row
-                    if valid:
-                        m_new = max(m[g], score)
-                        alpha = math.exp(m[g] - m_new)    # rescale what was summed so far
-                        p = math.exp(score - m_new)
-                        l[g] = l[g] * alpha + p
-                        for i in range(VEC):
-                            acc[g, i] = acc[g, i] * alpha + p * vv[u, i]
-                        m[g] = m_new
+                        part += qv[g, i] * kf[i]
+                    sc[u] = row_sum(part)                  # full q.k, on every lane of the row
+                    if base + u * NG + row < end:
+                        mx = max(mx, sc[u])
+                alpha = math.exp(m[g] - mx)                # rescale what was summed so far
+                lsum = l[g] * alpha
+                for i in range(VEC):
+                    acc[g, i] *= alpha
+                for u in range(U):
+                    if base + u * NG + row < end:
+                        p = math.exp(sc[u] - mx)
+                        lsum += p
+                        for w in range(W):
+                            a, b = unpack2(vc[u, w])
+                            acc[g, 2 * w] += p * a
+                            acc[g, 2 * w + 1] += p * b
+                l[g] = lsum
+                m[g] = mx
 
         # 3) the NG rows saw different tokens: merge their (m, l, acc) through shared memory
         sm_m = cuda.shared.array((NG, G), float32)
@@ -185,11 +219,12 @@ def merge_kernel():
 LOAD_PATH = "wide"
 
 
-def _get_kernel(kind, d, group, bs):
+def _get_kernel(kind, d, group, bs, unroll=None):
     global LOAD_PATH
+    unroll = unroll or UNROLL
     if LOAD_PATH == "wide":
         try:
-            k = decode_kernel(kind, d, group, bs, True)
+            k = decode_kernel(kind, d, group, bs, True, unroll)
             if not SIM:
                 for compiled in k.overloads.values():
                     compiled.bind()   # assemble and load now, so a PTX error surfaces here
@@ -199,7 +234,7 @@ def _get_kernel(kind, d, group, bs):
 
             warnings.warn(f"16-byte loads unavailable ({type(e).__name__}: {e}); using 2-byte loads")
             LOAD_PATH = "scalar"
-    return decode_kernel(kind, d, group, bs, False)
+    return decode_kernel(kind, d, group, bs, False, unroll)
 
 
 def check_supported(head_dim: int, group: int) -> None:
@@ -218,7 +253,8 @@ def choose_splits(num_seqs: int, num_kv_heads: int, max_context: int) -> int:
     return max(1, min(want, -(-max_context // MIN_TOKENS_PER_SPLIT)))
 
 
-def decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale, num_splits=None, check=True):
+def decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale, num_splits=None, check=True,
+                     unroll=None):
     """q [S, H, D] -> out [S, H, D] (q's dtype). ``num_splits`` fixes the FlashDecoding split
     count (default: chosen from the batch and the block table width, no host sync). ``check=False``
     skips argument validation (the CUDA-graph path validates once before capture)."""
@@ -241,10 +277,10 @@ def decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale, num_spl
     lse = torch.empty(S, H, splits, dtype=torch.float32, device=q.device)
     q32 = q.float().contiguous()
     st = nb.stream()
-    k = _get_kernel(_kind(k_cache), d, H // hkv, bs)
+    k = _get_kernel(_kind(k_cache), d, H // hkv, bs, unroll)
     k[(hkv, S, splits), THREADS, st](
-        nb.as_numba(q32), nb.as_numba(k_cache.view(-1), persistent=True),
-        nb.as_numba(v_cache.view(-1), persistent=True), nb.as_numba(block_tables),
+        nb.as_numba(q32), nb.as_numba(k_cache.view(torch.int16).view(-1), persistent=True),
+        nb.as_numba(v_cache.view(torch.int16).view(-1), persistent=True), nb.as_numba(block_tables),
         nb.as_numba(seq_lens), float32(scale), split_len, nb.as_numba(o_part), nb.as_numba(lse))
     if splits > 1:
         merge_kernel()[(H, S), d, st](nb.as_numba(o_part), nb.as_numba(lse), nb.as_numba(out32))

@@ -1,0 +1,261 @@
+"""pdlab's command line.
+
+    pdlab simulate   serve a workload with one mode on the cost-model clock (or the real engine)
+    pdlab goodput    the highest request rate that meets every SLO
+    pdlab demo       the three modes side by side, a table here and an HTML report
+    pdlab generate   stream text from the tiny model through the paged engine
+    pdlab calibrate  fit the cost model to steps measured on this machine
+
+Bad input gets one line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+
+from .errors import PdlabError
+
+EXIT_USAGE = 2
+
+
+class UsageError(PdlabError):
+    """A flag argparse could not read; its message is already one complete line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):   # one line, not usage + message
+        raise UsageError(f"{self.prog}: error: {message}")
+
+
+def _positive_int(name):
+    def parse(text):
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a whole number, got '{text}'") from None
+        if v < 1:
+            raise argparse.ArgumentTypeError(f"{name} must be >= 1, got {v}")
+        return v
+    return parse
+
+
+def _positive_float(name):
+    def parse(text):
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got '{text}'") from None
+        if not v > 0 or v == float("inf"):
+            raise argparse.ArgumentTypeError(f"{name} must be > 0, got {text}")
+        return v
+    return parse
+
+
+def add_serving_args(p: argparse.ArgumentParser, rate: bool = True) -> None:
+    g = p.add_argument_group("serving")
+    g.add_argument("--mode", default="chunked", help="aggregated | chunked | disaggregated (default chunked)")
+    g.add_argument("--model", default="llama-3-8b", help="model preset (default llama-3-8b)")
+    g.add_argument("--gpu", default="h100", help="GPU preset: h200 h100 a100-80gb l4 t4 cpu (default h100)")
+    g.add_argument("--num-gpus", type=_positive_int("--num-gpus"), default=None,
+                   help="replicas behind the router (disaggregated: a cap on prefill + decode)")
+    g.add_argument("--prefill-gpus", type=_positive_int("--prefill-gpus"), default=1)
+    g.add_argument("--decode-gpus", type=_positive_int("--decode-gpus"), default=1)
+    g.add_argument("--tp", type=_positive_int("--tp"), default=1, help="tensor parallelism per replica")
+    g.add_argument("--link", default="nvlink", help="KV link: nvlink pcie4 pcie5 ib-ndr eth-100g eth-25g, or GB/s")
+    g.add_argument("--chunk-size", type=_positive_int("--chunk-size"), default=None,
+                   help="token budget per iteration (chunked, default 512) or prefill chunk (disaggregated)")
+    g.add_argument("--max-num-seqs", type=_positive_int("--max-num-seqs"), default=256)
+    g.add_argument("--block-size", type=_positive_int("--block-size"), default=16)
+    g.add_argument("--num-blocks", type=_positive_int("--num-blocks"), default=None,
+                   help="KV blocks per worker (default: what fits in GPU memory)")
+    g.add_argument("--router", default="least-loaded", help="least-loaded | round-robin")
+    g.add_argument("--prefix-cache", action="store_true", help="reuse KV of shared prompt prefixes")
+    g.add_argument("--profile", default=None, help="calibrated cost-model profile (JSON from pdlab calibrate)")
+    w = p.add_argument_group("workload")
+    if rate:
+        w.add_argument("--rate", type=_positive_float("--rate"), default=None,
+                       help="Poisson arrivals per second (default: the trace's own, else 4)")
+    w.add_argument("--num-requests", type=_positive_int("--num-requests"), default=None,
+                   help="requests to simulate (default 1000, or the whole trace)")
+    src = w.add_mutually_exclusive_group()
+    src.add_argument("--workload", default=None, help="length preset: sharegpt arxiv azure-conv mooncake-conv chat-long")
+    src.add_argument("--trace", default=None, help="CSV (arrived_at,num_prefill_tokens,num_decode_tokens) or Mooncake JSONL")
+    w.add_argument("--input-len", type=_positive_int("--input-len"), default=None, help="fixed prompt length")
+    w.add_argument("--output-len", type=_positive_int("--output-len"), default=None, help="fixed output length")
+    w.add_argument("--burstiness", type=_positive_float("--burstiness"), default=1.0,
+                   help="squared CV of inter-arrival gaps: 1 Poisson, >1 bursty")
+    w.add_argument("--seed", type=int, default=0)
+    p.add_argument("--slo", action="append", default=[], metavar="METRIC:pNN:SECONDS",
+                   help="e.g. ttft:p90:0.4 (metrics ttft tpot itl e2e); repeatable")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def config_from(args):
+    from .cluster import ServingConfig
+    return ServingConfig(mode=args.mode, model=args.model, gpu=args.gpu, tp=args.tp, num_gpus=args.num_gpus,
+                         prefill_gpus=args.prefill_gpus, decode_gpus=args.decode_gpus,
+                         chunk_size=args.chunk_size, max_num_seqs=args.max_num_seqs,
+                         block_size=args.block_size, num_blocks=args.num_blocks, link=args.link,
+                         router=args.router, prefix_cache=args.prefix_cache, profile=args.profile).validate()
+
+
+def requests_from(args, rate: float | None):
+    """The workload the flags describe; ``rate`` overrides trace timing when given."""
+    from . import workload as wl
+    if (args.input_len is None) != (args.output_len is None):
+        raise PdlabError("--input-len and --output-len go together")
+    if args.input_len is not None and (args.workload or args.trace):
+        raise PdlabError("--input-len/--output-len replace --workload/--trace: give one or the other")
+    n = args.num_requests
+    if args.trace:
+        reqs = wl.read_trace(args.trace)
+        if n is not None:
+            reqs = reqs[:n]
+        if rate is not None or not wl.has_arrivals(reqs):
+            reqs = wl.with_rate(reqs, rate or 4.0, args.seed, args.burstiness)
+        else:
+            t0 = reqs[0].arrival
+            reqs = [replace(r, arrival=r.arrival - t0) for r in reqs]
+        return reqs
+    if args.input_len is not None:
+        lengths = wl.Lengths("fixed", a=args.input_len, b=args.output_len)
+    else:
+        lengths = wl.preset_lengths(args.workload or "sharegpt")
+    return wl.make_requests(n or 1000, rate or 4.0, lengths, args.seed, args.burstiness)
+
+
+def _fmt(x, unit="ms"):
+    if x is None:
+        return "-"
+    return f"{x * 1e3:.1f}" if unit == "ms" else f"{x:.2f}"
+
+
+def print_table(rows: list[dict], out=sys.stdout) -> None:
+    head = ["mode", "gpus", "done", "rej", "req/s", "tok/s", "TTFT p50", "TTFT p99", "TPOT p50",
+            "TPOT p99", "ITL p99", "E2E p99"]
+    lines = [head]
+    for s in rows:
+        lines.append([s["mode"], str(s["gpus"]), str(s["completed"]), str(s["rejected"]),
+                      f"{s['throughput_rps']:.2f}", f"{s['throughput_tok_s']:.0f}",
+                      _fmt(s["ttft_s"]["p50"]), _fmt(s["ttft_s"]["p99"]), _fmt(s["tpot_s"]["p50"]),
+                      _fmt(s["tpot_s"]["p99"]), _fmt(s["itl_s"]["p99"]), _fmt(s["e2e_s"]["p99"])])
+    widths = [max(len(r[i]) for r in lines) for i in range(len(head))]
+    for k, r in enumerate(lines):
+        print("  ".join(c.rjust(w) for c, w in zip(r, widths)), file=out)
+        if k == 0:
+            print("  ".join("-" * w for w in widths), file=out)
+    print("(latencies in ms)", file=out)
+
+
+def cmd_simulate(args) -> int:
+    from .cluster import run_serving
+    from .metrics import SLO
+    slos = [SLO.parse(s) for s in args.slo]
+    cfg = config_from(args)
+    reqs = requests_from(args, args.rate)
+    if getattr(args, "executor", "costmodel") == "model":
+        from .model_executor import executor_factory_from_args
+        factory = executor_factory_from_args(args, cfg)
+    else:
+        factory = None
+    result = run_serving(reqs, cfg, factory)
+    summary = result.summary(slos)
+    summary["clock"] = "measured (real engine)" if factory else f"simulated (cost model: {cfg.gpu}, {cfg.model})"
+    summary["model"], summary["gpu"] = cfg.model, cfg.gpu
+    if args.json:
+        print(json.dumps(summary, indent=None, sort_keys=True))
+    else:
+        print(f"{summary['clock']}, tp={cfg.tp}, {len(reqs)} requests")
+        print_table([summary])
+        for r in summary.get("slo_attainment", {}).get("slos", []):
+            v = "never" if r["value_s"] is None else f"{r['value_s']:.3f}s"
+            print(f"SLO {r['metric']} p{r['percentile']:g} <= {r['target_s']:g}s: {v}  {'met' if r['met'] else 'MISSED'}")
+    return 0
+
+
+def cmd_goodput(args) -> int:
+    from .cluster import run_serving
+    from .metrics import SLO, goodput_search, summarize
+    from .workload import with_rate
+    if not args.slo:
+        raise PdlabError("goodput needs at least one --slo METRIC:pNN:SECONDS")
+    slos = [SLO.parse(s) for s in args.slo]
+    cfg = config_from(args)
+    args.num_requests = args.num_requests or 500
+    base = requests_from(args, 1.0)
+    cache = {}
+
+    def meets(rate):
+        res = run_serving(with_rate(base, rate, args.seed, args.burstiness), cfg)
+        s = summarize(res.sequences, slos, cfg.gpus)
+        cache[rate] = s
+        return s["slo_attainment"]["all_met"]
+
+    g = goodput_search(meets, start=1.0)
+    out = {"goodput_rps": g, "goodput_rps_per_gpu": g / cfg.gpus, "gpus": cfg.gpus, "mode": cfg.mode,
+           "model": cfg.model, "gpu": cfg.gpu, "slos": [str(s) for s in slos], "num_requests": len(base),
+           "rates_tried": len(cache), "clock": f"simulated (cost model: {cfg.gpu}, {cfg.model})"}
+    if args.json:
+        print(json.dumps(out, sort_keys=True))
+    else:
+        print(f"goodput {g:.2f} req/s ({g / cfg.gpus:.2f} per GPU, {cfg.gpus} GPUs, {cfg.mode}) "
+              f"under {', '.join(out['slos'])}; simulated for {cfg.model} on {cfg.gpu}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+    return run_demo(args)
+
+
+def build_parser(argv=None) -> argparse.ArgumentParser:
+    p = _Parser(prog="pdlab", description="Prefill/decode serving lab kit")
+    sub = p.add_subparsers(dest="cmd", parser_class=_Parser)
+    s = sub.add_parser("simulate", help="serve a workload with one mode")
+    add_serving_args(s)
+    s.add_argument("--executor", choices=["costmodel", "model"], default="costmodel",
+                   help="costmodel: simulated clock; model: the real toy engine (measured)")
+    s.set_defaults(func=cmd_simulate)
+    g = sub.add_parser("goodput", help="highest request rate meeting every SLO")
+    add_serving_args(g, rate=False)
+    g.set_defaults(func=cmd_goodput)
+    d = sub.add_parser("demo", help="the three modes side by side + an HTML report")
+    d.add_argument("--out", default="pdlab-demo.html", help="report file (default pdlab-demo.html)")
+    d.add_argument("--num-requests", type=_positive_int("--num-requests"), default=600)
+    d.set_defaults(func=cmd_demo)
+    # the engine commands import torch: only load them when asked for
+    argv = sys.argv[1:] if argv is None else argv
+    for name, help_ in (("generate", "stream text from the tiny model through the paged engine"),
+                        ("calibrate", "fit the cost model to steps measured on this machine")):
+        q = sub.add_parser(name, help=help_)
+        if argv and argv[0] == name:
+            import importlib
+            mod = importlib.import_module(f"pdlab.{name}")
+            mod.add_arguments(q)
+            q.set_defaults(func=mod.run)
+    return p
+
+
+def main(argv=None) -> int:
+    try:
+        parser = build_parser(argv)
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return EXIT_USAGE
+        return args.func(args)
+    except UsageError as e:
+        print(e, file=sys.stderr)
+        return EXIT_USAGE
+    except PdlabError as e:
+        print(f"pdlab: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""Latency metrics from per-request records.
+
+    TTFT   arrival -> first output token (queueing + prefill [+ nothing else])
+    TPOT   per request: (finish - first token) / (output tokens - 1): the mean streaming pace
+    ITL    every gap between consecutive tokens of a request (stalls show here, TPOT hides them)
+    E2E    arrival -> last token
+    queue  arrival -> first scheduled
+
+An SLO ``(metric, q, seconds)`` holds when the q-th percentile of the metric is at most
+``seconds``; rejected requests count as infinitely late. Goodput is the highest request rate at
+which every SLO holds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import numpy as np
+
+from .errors import PdlabError
+from .request import Sequence, Status
+
+METRICS = ("ttft", "tpot", "itl", "e2e", "queue")
+PCTS = (50, 90, 99)
+_LATE = 1e12          # stands for "never" (a rejected request) inside percentile arithmetic
+
+
+@dataclass(frozen=True)
+class SLO:
+    metric: str
+    percentile: float
+    seconds: float
+
+    @classmethod
+    def parse(cls, text: str) -> "SLO":
+        """``ttft:p90:0.4`` -> SLO('ttft', 90, 0.4)."""
+        parts = text.split(":")
+        if len(parts) != 3 or not parts[1].lower().startswith("p"):
+            raise PdlabError(f"bad SLO '{text}': expected METRIC:pNN:SECONDS, e.g. ttft:p90:0.4")
+        metric = parts[0].lower()
+        if metric not in ("ttft", "tpot", "itl", "e2e"):
+            raise PdlabError(f"bad SLO '{text}': metric must be one of ttft, tpot, itl, e2e")
+        try:
+            q, s = float(parts[1][1:]), float(parts[2])
+        except ValueError:
+            raise PdlabError(f"bad SLO '{text}': percentile and seconds must be numbers") from None
+        if not 0 < q <= 100 or not s > 0 or math.isinf(s):
+            raise PdlabError(f"bad SLO '{text}': need 0 < percentile <= 100 and seconds > 0")
+        return cls(metric, q, s)
+
+    def __str__(self):
+        return f"{self.metric}:p{self.percentile:g}:{self.seconds:g}"
+
+
+def per_request(seqs: Iterable[Sequence]) -> dict[str, np.ndarray]:
+    """Arrays over all requests (rejected ones hold +inf); ``itl`` holds every gap of every
+    completed request, ``itl_owner`` the index of the request each gap belongs to."""
+    seqs = list(seqs)
+    n = len(seqs)
+    ttft, tpot, e2e, queue = (np.full(n, np.inf) for _ in range(4))
+    n_out = np.zeros(n, dtype=np.int64)
+    gaps, owners = [], []
+    for i, s in enumerate(seqs):
+        if s.status is not Status.FINISHED:
+            continue
+        t = s.token_times
+        a = s.request.arrival
+        ttft[i] = t[0] - a
+        e2e[i] = t[-1] - a
+        queue[i] = (s.first_scheduled if s.first_scheduled is not None else t[0]) - a
+        n_out[i] = len(t)
+        if len(t) > 1:
+            tpot[i] = (t[-1] - t[0]) / (len(t) - 1)
+            gaps.append(t)
+            owners.append(np.full(len(t) - 1, i))
+        else:
+            tpot[i] = np.nan      # one-token answers have no pace
+    if gaps:
+        itl = np.concatenate([np.diff(np.asarray(t)) for t in gaps])
+        owner = np.concatenate(owners)
+    else:
+        itl, owner = np.zeros(0), np.zeros(0, dtype=np.int64)
+    return {"ttft": ttft, "tpot": tpot, "e2e": e2e, "queue": queue, "itl": itl, "itl_owner": owner,
+            "n_out": n_out}
+
+
+def stats(x: np.ndarray) -> dict:
+    """Mean and percentiles of the finite values (None when there are none)."""
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return {"mean": None, **{f"p{p}": None for p in PCTS}}
+    qs = np.percentile(x, PCTS)
+    return {"mean": float(x.mean()), **{f"p{p}": float(q) for p, q in zip(PCTS, qs)}}
+
+
+def slo_value(arrays: dict, slo: SLO) -> float:
+    """The metric's percentile with rejected requests counted as never served."""
+    x = arrays[slo.metric]
+    if slo.metric == "itl":
+        # every rejected or unfinished request contributes one infinitely late gap
+        late = int(np.sum(~np.isfinite(arrays["ttft"])))
+        x = np.concatenate([x, np.full(late, np.inf)]) if late else x
+    else:
+        x = x[~np.isnan(x)]
+    if x.size == 0:
+        return 0.0
+    v = float(np.percentile(np.minimum(x, _LATE), slo.percentile))
+    return math.inf if v >= _LATE / 10 else v
+
+
+def slo_report(arrays: dict, slos: list[SLO]) -> dict:
+    rows, ok_req = [], np.isfinite(arrays["ttft"])
+    for slo in slos:
+        v = slo_value(arrays, slo)
+        rows.append({"metric": slo.metric, "percentile": slo.percentile, "target_s": slo.seconds,
+                     "value_s": None if math.isinf(v) else v, "met": v <= slo.seconds})
+        if slo.metric == "itl":
+            # a request meets an ITL SLO when its own gaps meet it at the same percentile
+            own = np.zeros(len(ok_req), dtype=bool)
+            itl, owner = arrays["itl"], arrays["itl_owner"]
+            if itl.size:
+                order = np.argsort(owner, kind="stable")
+                splits = np.flatnonzero(np.diff(owner[order])) + 1
+                for idx in np.split(order, splits):
+                    own[owner[idx[0]]] = np.percentile(itl[idx], slo.percentile) <= slo.seconds
+            own |= arrays["n_out"] == 1
+            ok_req &= own
+        else:
+            x = arrays[slo.metric]
+            ok_req &= np.isnan(x) | (x <= slo.seconds)
+    return {"all_met": all(r["met"] for r in rows), "slos": rows,
+            "requests_within": float(ok_req.mean()) if ok_req.size else 0.0}
+
+
+def summarize(seqs: list[Sequence], slos: list[SLO] | None = None, gpus: int = 1) -> dict:
+    arrays = per_request(seqs)
+    done = [s for s in seqs if s.status is Status.FINISHED]
+    rejected = [s for s in seqs if s.status is Status.REJECTED]
+    lost = len(seqs) - len(done) - len(rejected)
+    if lost:   # the event loop must never leave a request behind; say so loudly if it did
+        raise RuntimeError(f"{lost} requests neither finished nor rejected")
+    if done:
+        t0 = min(s.request.arrival for s in seqs)
+        t1 = max(s.finish_time for s in done)
+        duration = max(t1 - t0, 1e-12)
+    else:
+        duration = 0.0
+    out_tokens = int(arrays["n_out"].sum())
+    out = {
+        "num_requests": len(seqs), "completed": len(done), "rejected": len(rejected),
+        "reject_reasons": sorted({s.reject_reason for s in rejected})[:5],
+        "gpus": gpus, "duration_s": duration,
+        "throughput_rps": len(done) / duration if duration else 0.0,
+        "throughput_tok_s": out_tokens / duration if duration else 0.0,
+        "output_tokens": out_tokens,
+    }
+    for m in ("ttft", "tpot", "itl", "e2e", "queue"):
+        out[f"{m}_s"] = stats(arrays[m])
+    if slos:
+        out["slo_attainment"] = slo_report(arrays, list(slos))
+    return out
+
+
+def goodput_search(meets: Callable[[float], bool], start: float = 1.0, rel_tol: float = 0.02,
+                   max_rate: float = 1e5, max_iter: int = 40) -> float:
+    """Highest rate with ``meets(rate)`` true, assuming it holds below some threshold:
+    double until it fails, then bisect to ``rel_tol``. 0.0 when even tiny rates fail."""
+    lo, hi = 0.0, start
+    it = 0
+    while meets(hi):
+        lo, hi = hi, hi * 2
+        it += 1
+        if hi > max_rate or it > max_iter:
+            return lo
+    if lo == 0.0:     # the first guess failed: search downwards for any passing rate
+        probe = hi / 2
+        while probe > start * 1e-4 and not meets(probe):
+            hi, probe = probe, probe / 2
+        if probe <= start * 1e-4:
+            return 0.0
+        lo = probe
+    while hi - lo > rel_tol * lo and it < max_iter:
+        mid = (lo + hi) / 2
+        if meets(mid):
+            lo = mid
+        else:
+            hi = mid
+        it += 1
+    return lo

@@ -30,6 +30,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 H, HKV, D, BS = 32, 8, 128, 16
+# prefill tiles tried: (threads, BM, BN, DC, VH); the first is the package default
+PREFILL_TILES = [(128, 64, 64, 32, 32), (256, 64, 64, 32, 32), (128, 64, 32, 32, 32), (64, 32, 32, 32, 32)]
 DTYPE = torch.bfloat16
 
 
@@ -81,12 +83,14 @@ def bench_decode(nbk, batch, context):
     kv_bytes = 2 * batch * context * HKV * D * k_cache.element_size()
     ref = torch_ref_decode(q, k_cache, v_cache, bt, sl, scale)
     variants = []
+    auto = da.choose_splits(batch, HKV, context)
     for unroll in (2, 4):                   # tokens per thread per step (the next step is prefetched)
-        g = DecodeGraph(q, k_cache, v_cache, bt, sl, scale, unroll=unroll)
-        ms = timed(g.replay, iters=50)
-        err = (g.replay().float() - ref.float()).abs().max().item()
-        variants.append(dict(unroll=unroll, num_splits=g.num_splits, ms=ms,
-                             tbps=kv_bytes / (ms * 1e-3) / 1e12, max_abs_err_vs_torch=err))
+        for splits in sorted({auto, 2 * auto, max(1, auto // 2)}):
+            g = DecodeGraph(q, k_cache, v_cache, bt, sl, scale, num_splits=splits, unroll=unroll)
+            ms = timed(g.replay, iters=50)
+            err = (g.replay().float() - ref.float()).abs().max().item()
+            variants.append(dict(unroll=unroll, num_splits=g.num_splits, auto_splits=splits == auto, ms=ms,
+                                 tbps=kv_bytes / (ms * 1e-3) / 1e12, max_abs_err_vs_torch=err))
     best = min(variants, key=lambda v: v["ms"])
     eager_ms = timed(lambda: nbk.decode_attention(q, k_cache, v_cache, bt, sl, scale, check=False,
                                                   unroll=best["unroll"]), iters=20)
@@ -119,14 +123,20 @@ def bench_prefill(nbk, tokens, context=None):
     # query i at position context - tokens + i sees context - tokens + i + 1 keys
     pairs = sum(context - tokens + i + 1 for i in range(tokens))
     flops = 4 * D * H * pairs
-    ms = timed(lambda: nbk.prefill_attention(q, k_cache, v_cache, bt, cu, sl, scale, max_q_len=tokens,
-                                             check=False), iters=5, repeats=3)
-    out = nbk.prefill_attention(q, k_cache, v_cache, bt, cu, sl, scale)
+    variants = []
+    for tile in PREFILL_TILES:
+        ms = timed(lambda: nbk.prefill_attention(q, k_cache, v_cache, bt, cu, sl, scale, max_q_len=tokens,
+                                                 check=False, tile=tile), iters=5, repeats=3)
+        variants.append(dict(tile=list(tile), ms=ms, tflops=flops / (ms * 1e-3) / 1e12))
+    best = min(variants, key=lambda v: v["ms"])
+    ms = best["ms"]
+    out = nbk.prefill_attention(q, k_cache, v_cache, bt, cu, sl, scale, tile=best["tile"])
     from pdlab.kernels import get_backend
 
     ref = get_backend("torch").prefill_attention(q, k_cache, v_cache, bt, cu, sl, scale)
     err = (out.float() - ref.float()).abs().max().item()
-    row = dict(tokens=tokens, context=context, ms=ms, tflops=flops / (ms * 1e-3) / 1e12, max_abs_err_vs_torch=err)
+    row = dict(tokens=tokens, context=context, tile=best["tile"], ms=ms, tflops=flops / (ms * 1e-3) / 1e12,
+               max_abs_err_vs_torch=err, variants=variants)
     if context == tokens:
         qd = q.transpose(0, 1)[None]                                  # [1, H, L, D]
         kd = torch.randn(1, HKV, tokens, D, device="cuda", dtype=DTYPE)
@@ -177,10 +187,35 @@ def bench_launch(nbk):
     # whole decode_attention call (torch glue + 1 kernel) from Python
     call_ms = timed(lambda: nbk.decode_attention(q32, k_cache, v_cache, bt, sl, D ** -0.5, num_splits=1,
                                                  check=False), iters=100)
-    return dict(eager=eager_us, graph=graph_ms * 1e3 / n, decode_call_eager=call_ms * 1e3,
+    from numba import cuda
+
+    @cuda.jit("void(int32)")
+    def noop(x):                                  # measures launch cost alone
+        pass
+
+    def noops():
+        st = nb.stream()
+        for _ in range(n):
+            noop[1, 32, st](0)
+
+    noops()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    noops()
+    torch.cuda.synchronize()
+    noop_eager_us = (time.perf_counter() - t0) / n * 1e6
+    g2 = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g2):
+        noops()
+    g2.replay()
+    torch.cuda.synchronize()
+    noop_graph_us = timed(g2.replay, iters=5) * 1e3 / n
+    return dict(eager=eager_us, graph=graph_ms * 1e3 / n, empty_kernel_eager=noop_eager_us,
+                empty_kernel_graph=noop_graph_us, decode_call_eager=call_ms * 1e3,
                 note="eager: Python launch of one Numba kernel with pre-wrapped arrays; graph: per "
                      "kernel when 200 such launches replay from one CUDA graph (includes the tiny "
-                     "kernel's own run time); decode_call_eager: a whole decode_attention() call")
+                     "kernel's own run time, about 16 tokens x 32 heads); empty_kernel_*: the same for an "
+                     "empty kernel, i.e. launch cost alone; decode_call_eager: a whole decode_attention() call")
 
 
 def versions():
@@ -234,8 +269,11 @@ def main(argv=None):
         print(f"decode {batch}x{context}: {row}", flush=True)
     res["decode_load_path"] = da.LOAD_PATH
     try:  # registers per thread of the compiled kernels (occupancy: 65536 registers per SM)
-        res["registers"] = {f"decode_u{u}": list(da.decode_kernel("bf16", D, H // HKV, BS, da.LOAD_PATH == "wide", u)
-                                                 .get_regs_per_thread().values())[0] for u in (2, 4)}
+        res["registers"] = {}
+        for u in (2, 4):
+            kern = da.decode_kernel("bf16", D, H // HKV, BS, da.LOAD_PATH == "wide", u)
+            res["registers"][f"decode_u{u}"] = dict(regs=kern.get_regs_per_thread(),
+                                                    local_bytes=kern.get_local_mem_per_thread())
     except Exception as e:  # pragma: no cover
         res["registers"] = repr(e)
     res["prefill"] = []
@@ -243,9 +281,11 @@ def main(argv=None):
         row = bench_prefill(nbk, tokens, context)
         res["prefill"].append(row)
         print(f"prefill {tokens}/{context}: {row}", flush=True)
-    res["prefill_tile"] = dict(threads=pa.THREADS, bm=pa.BM, bn=pa.BN, dc=pa.DC)
     try:
-        res["registers"]["prefill"] = list(pa.prefill_kernel("bf16", D, H // HKV, BS).get_regs_per_thread().values())[0]
+        for tile in PREFILL_TILES:
+            kern = pa.prefill_kernel("bf16", D, H // HKV, BS, tile)
+            res["registers"][f"prefill_{'x'.join(map(str, tile))}"] = dict(
+                regs=kern.get_regs_per_thread(), local_bytes=kern.get_local_mem_per_thread())
     except Exception as e:  # pragma: no cover
         res["registers_prefill_error"] = repr(e)
     res["launch_us"] = bench_launch(nbk)

@@ -31,10 +31,9 @@ from ._numba import SIM, cuda, float32
 
 # Tile shape. The simulator runs one OS thread per CUDA thread and pays per padded multiply-add,
 # so it uses small tiles; the GPU uses 64 x 64 tiles and 128 threads.
-if SIM:
-    THREADS, BM, BN, DC, VH = 32, 16, 16, 32, 16
-else:
-    THREADS, BM, BN, DC, VH = 128, 64, 64, 32, 32
+# (threads, BM queries, BN keys, DC dims per Q/K chunk, VH keys per V half-tile)
+TILE = (32, 16, 16, 32, 16) if SIM else (128, 64, 64, 32, 32)
+THREADS, BM, BN, DC, VH = TILE
 HEAD_DIMS = (64, 128)
 
 
@@ -43,8 +42,9 @@ def _kind(cache) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def prefill_kernel(kind: str, head_dim: int, group: int, block_size: int):
+def prefill_kernel(kind: str, head_dim: int, group: int, block_size: int, tile: tuple = TILE):
     D, G, BS = head_dim, group, block_size
+    THREADS, BM, BN, DC, VH = tile
     TY = THREADS // 16           # thread rows: thread (ty, tx) with tx = tid % 16
     RM = BM // TY                # query rows per thread: ty, ty + TY, ...
     CN = BN // 16                # keys per thread in S: tx, tx + 16, ...
@@ -199,7 +199,7 @@ def check_supported(head_dim: int, group: int) -> None:
 
 
 def prefill_attention(q, k_cache, v_cache, block_tables, cu_seqlens_q, seq_lens, scale,
-                      max_q_len=None, check=True):
+                      max_q_len=None, check=True, tile=None):
     """q [total_q, H, D] -> out [total_q, H, D] (q's dtype). ``max_q_len`` (the longest chunk)
     sizes the grid; it is read from cu_seqlens_q when not given."""
     if check:
@@ -215,9 +215,11 @@ def prefill_attention(q, k_cache, v_cache, block_tables, cu_seqlens_q, seq_lens,
         max_q_len = int((cu[1:] - cu[:-1]).max()) if num_seqs else 0
     if total_q == 0 or max_q_len == 0:
         return out32.to(q.dtype)
-    tiles = -(-max_q_len // BM)
-    k = prefill_kernel(_kind(k_cache), d, H // hkv, bs)
-    k[(H, tiles, num_seqs), THREADS, nb.stream()](
+    tile = tuple(tile or TILE)
+    threads, bm = tile[0], tile[1]
+    tiles = -(-max_q_len // bm)
+    k = prefill_kernel(_kind(k_cache), d, H // hkv, bs, tile)
+    k[(H, tiles, num_seqs), threads, nb.stream()](
         nb.as_numba(q.float().contiguous()), nb.as_numba(k_cache.view(-1), persistent=True),
         nb.as_numba(v_cache.view(-1), persistent=True), nb.as_numba(block_tables),
         nb.as_numba(cu_seqlens_q), nb.as_numba(seq_lens), float32(scale), nb.as_numba(out32))

@@ -59,6 +59,7 @@ class ModelSpec:
     vocab: int
     ffn_kind: str = "swiglu"   # "swiglu": 3 matrices (Llama family); "relu": 2 (OPT)
     dtype_bytes: int = 2       # bf16/fp16 weights and KV
+    tied_embeddings: bool = False  # the LM head reuses the input embedding (Llama-3.2-1B)
 
     @property
     def head_dim(self) -> int:
@@ -73,7 +74,13 @@ class ModelSpec:
 
     @property
     def params(self) -> int:
-        return self.layers * self.layer_params + 2 * self.vocab * self.hidden  # + embed + lm head
+        embeds = (1 if self.tied_embeddings else 2) * self.vocab * self.hidden   # embedding + LM head
+        return self.layers * self.layer_params + embeds
+
+    @property
+    def step_weight_bytes(self) -> int:
+        """Weights every iteration reads: all layers + the LM head (the embedding is a gather)."""
+        return (self.layers * self.layer_params + self.vocab * self.hidden) * self.dtype_bytes
 
     @property
     def weight_bytes(self) -> int:
@@ -88,7 +95,7 @@ class ModelSpec:
 # Published configs (see data/README.md). "tiny" is pdlab's own trained model (data/tiny).
 MODELS: dict[str, ModelSpec] = {m.name: m for m in [
     ModelSpec("tiny", 6, 256, 4, 1, 704, 256, dtype_bytes=4),
-    ModelSpec("llama-3.2-1b", 16, 2048, 32, 8, 8192, 128256),
+    ModelSpec("llama-3.2-1b", 16, 2048, 32, 8, 8192, 128256, tied_embeddings=True),
     ModelSpec("llama-3-8b", 32, 4096, 32, 8, 14336, 128256),
     ModelSpec("mistral-7b", 32, 4096, 32, 8, 14336, 32000),
     ModelSpec("llama-2-7b", 32, 4096, 32, 32, 11008, 32000),
@@ -200,8 +207,7 @@ class CostModel:
         peak, bw = self._peak_flops(), self._bw()
         # linear layers: every token through every matrix; logits only where a token is sampled
         flops = 2 * tokens * m.layers * m.layer_params + 2 * sampled * m.vocab * m.hidden
-        wbytes = m.weight_bytes - m.vocab * m.hidden * m.dtype_bytes   # the embedding is a gather
-        t_linear = max(flops / (peak * e.mfu), wbytes / bw)
+        t_linear = max(flops / (peak * e.mfu), m.step_weight_bytes / bw)
         # attention: QK^T and PV (4 FLOPs per query-key pair per head dim); KV read once per step
         per_pair = 4 * m.layers * m.heads * m.head_dim
         kv_tok = m.kv_bytes_per_token

@@ -247,9 +247,14 @@ def check_supported(head_dim: int, group: int) -> None:
 
 def choose_splits(num_seqs: int, num_kv_heads: int, max_context: int) -> int:
     """FlashDecoding split count: enough blocks for ~4 per SM, but no split shorter than
-    MIN_TOKENS_PER_SPLIT tokens (each split costs a partial write and a share of the merge)."""
+    MIN_TOKENS_PER_SPLIT tokens (each split costs a partial write and a share of the merge).
+    No split once the batch alone gives 3 blocks per SM (H200, bench/results: batch 64 x 1024
+    ran at 2.48 TB/s unsplit vs 2.27 with 2 splits)."""
     blocks = max(1, num_seqs * num_kv_heads)
-    want = -(-4 * nb.num_sms() // blocks)
+    sms = nb.num_sms()
+    if blocks >= 3 * sms:
+        return 1
+    want = -(-4 * sms // blocks)
     return max(1, min(want, -(-max_context // MIN_TOKENS_PER_SPLIT)))
 
 

@@ -1,0 +1,446 @@
+"""Interactive dashboards for the labs: ipywidgets controls driving plotly ``FigureWidget``s.
+
+Every dashboard is an object with ``controls`` (name -> widget), ``figures`` (name ->
+``go.FigureWidget``) and ``widget`` (the box to display; a dashboard displays itself when it is
+the last expression of a cell). A control change runs ``update()`` through ``observe``: the
+simulator reruns, the figures are rebuilt by ``pdlab.viz`` and copied into the widgets inside
+``fig.batch_update()`` (one front-end message). Tests set ``dash.controls["rate"].value`` and
+assert that ``dash.figures[...].data`` changed; ``bench/widget_latency.py`` times exactly that.
+
+    KVCacheDashboard      lab 03: KV blocks per worker, rate, model/GPU -> occupancy, preemptions
+    InterferenceDashboard lab 04: rate, long-prompt length and share -> the token raster freezes
+    ChunkedDashboard      lab 05: token budget, rate, ITL SLO -> timeline + TTFT/ITL frontier
+    DisaggDashboard       lab 06: P:D split, link, rate, workload, SLOs -> all three modes
+
+Sweeps (``sweep_rates``, ``sweep_chunks``, ``goodput``) show an ipywidgets progress bar when
+they run in a notebook and take more than a moment. Everything here is simulated by the cost
+model; every figure says so and names the model and GPU.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from functools import lru_cache
+
+import ipywidgets as W
+import numpy as np
+import plotly.graph_objects as go
+
+from . import viz
+from .cluster import ServingConfig, run_serving
+from .costmodel import GPUS, LINKS_GBPS, MODELS
+from .metrics import SLO, goodput_search
+from .workload import PRESETS, Lengths, make_requests, with_rate
+
+GPU_OPTIONS = [g for g in GPUS if g != "cpu"]
+MODEL_OPTIONS = [m for m in MODELS if m not in ("tiny", "llama-2-70b")]   # 70B needs tp > 1
+LINK_OPTIONS = [("NVLink 4 (450 GB/s)", "nvlink"), ("PCIe 5 x16 (50 GB/s)", "pcie5"),
+                ("InfiniBand NDR (50 GB/s)", "ib-ndr"), ("PCIe 4 x16 (25 GB/s)", "pcie4"),
+                ("100 GbE (12.5 GB/s)", "eth-100g"), ("25 GbE (3.1 GB/s)", "eth-25g")]
+CHUNKS = (64, 128, 256, 512, 1024, 2048, 4096, 8192)
+WORKLOADS = {   # lab 06: from "disaggregation wins" to "disaggregation loses"
+    "chat + long prompts (chat-long)": "chat-long",
+    "ShareGPT conversations": "sharegpt",
+    "arXiv summarisation (long prompts)": "arxiv",
+    "short prompts (128 in, 256 out)": Lengths("fixed", a=128, b=256),
+}
+
+
+# ---- workloads and cached runs ------------------------------------------------------------------
+def chat_long(n: int = 200, rate: float = 6.0, long_len: int | None = None, long_share: float | None = None,
+              seed: int = 0):
+    """The interference mix (``PRESETS["chat-long"]``) with optional overrides."""
+    base = PRESETS["chat-long"]
+    lens = replace(base, long_len=int(long_len or base.long_len),
+                   long_share=float(base.long_share if long_share is None else long_share))
+    return make_requests(n, rate, lens, seed=seed)
+
+
+def _lengths(workload):
+    return WORKLOADS.get(workload, workload) if isinstance(workload, str) else workload
+
+
+@lru_cache(maxsize=256)
+def _cached(workload, n: int, rate: float, seed: int, cfg_items: tuple):
+    reqs = make_requests(n, rate, _lengths(workload), seed=seed)
+    return run_serving(reqs, ServingConfig(**dict(cfg_items)))
+
+
+def simulate(workload="chat-long", n: int = 200, rate: float = 6.0, seed: int = 0, **config):
+    """Run (and remember) one simulation: ``workload`` is a preset name, a ``WORKLOADS`` label or a
+    ``Lengths``; ``config`` are ``ServingConfig`` fields. Same arguments, same cached result."""
+    return _cached(workload, int(n), float(rate), int(seed), tuple(sorted(config.items())))
+
+
+class _Progress:
+    """An ipywidgets progress bar, shown only inside a notebook (and only if ``show``)."""
+
+    def __init__(self, total: int, description: str, show: bool = True):
+        self.bar = None
+        if show and _in_notebook():
+            from IPython.display import display
+            self.bar = W.IntProgress(value=0, min=0, max=total, description=description,
+                                     style={"description_width": "initial"},
+                                     layout=W.Layout(width="60%"))
+            display(self.bar)
+
+    def step(self):
+        if self.bar is not None:
+            self.bar.value += 1
+
+    def done(self):
+        if self.bar is not None:
+            self.bar.bar_style = "success"
+
+
+def _in_notebook() -> bool:
+    try:
+        from IPython import get_ipython
+        ip = get_ipython()
+    except ImportError:
+        return False
+    return ip is not None and ip.__class__.__name__ == "ZMQInteractiveShell"
+
+
+def sweep_rates(requests, rates, configs: dict[str, ServingConfig], slos, progress: bool = True) -> dict[str, list[dict]]:
+    """For every label's config, the summary (with ``slos``) at every rate: the same requests
+    re-timed by ``with_rate``. Shows a progress bar in a notebook."""
+    bar = _Progress(len(rates) * len(configs), "rate sweep", progress)
+    out = {k: [] for k in configs}
+    for rate in rates:
+        reqs = with_rate(requests, rate)
+        for label, cfg in configs.items():
+            out[label].append(run_serving(reqs, cfg).summary(slos))
+            bar.step()
+    bar.done()
+    return out
+
+
+def sweep_chunks(requests, chunks=CHUNKS, slos=None, progress: bool = True, ttft_q: str = "p90",
+                 itl_q: str = "p99", **config) -> list[dict]:
+    """One chunked run per token budget: ``[{"chunk", "ttft", "itl", "result"}]`` (TTFT at
+    ``ttft_q``, ITL at ``itl_q``, seconds)."""
+    bar = _Progress(len(chunks), "budget sweep", progress)
+    pts = []
+    for c in chunks:
+        r = run_serving(requests, ServingConfig(**{**config, "mode": "chunked", "chunk_size": c}))
+        s = r.summary(slos)
+        pts.append({"chunk": c, "ttft": s["ttft_s"][ttft_q], "itl": s["itl_s"][itl_q], "result": r})
+        bar.step()
+    bar.done()
+    return pts
+
+
+def goodput(requests, config: ServingConfig, slos, start: float = 4.0, progress: bool = True,
+            label: str = "goodput") -> float:
+    """Highest total rate (requests/s) at which every SLO holds for ``requests`` re-timed by
+    ``with_rate``; divide by ``config.gpus`` for goodput per GPU."""
+    bar = _Progress(14, label, progress)
+
+    def meets(rate: float) -> bool:
+        bar.step()
+        return run_serving(with_rate(requests, rate), config).summary(slos)["slo_attainment"]["all_met"]
+
+    g = goodput_search(meets, start=start, rel_tol=0.05, max_iter=12)
+    bar.done()
+    return g
+
+
+# ---- the dashboard base ---------------------------------------------------------------------------
+def _slider(cls, description, **kw):
+    kw.setdefault("continuous_update", False)
+    return cls(description=description, style={"description_width": "initial"},
+               layout=W.Layout(width="320px"), **kw)
+
+
+def _dropdown(description, options, value):
+    return W.Dropdown(description=description, options=options, value=value,
+                      style={"description_width": "initial"}, layout=W.Layout(width="320px"))
+
+
+class Dashboard:
+    """Controls + figures + a status line; subclasses fill ``controls`` and implement ``figs()``
+    (name -> freshly built ``go.Figure``) and optionally ``status()`` (a line of HTML)."""
+
+    title = ""
+
+    def __init__(self, controls: dict, figure_names: list[str]):
+        self.controls = controls
+        self.status_line = W.HTML()
+        self.last_update_s = 0.0
+        self.updates = 0
+        self.figures: dict[str, go.FigureWidget] = {k: viz.empty_widget() for k in figure_names}
+        self.update()
+        for c in controls.values():
+            c.observe(self._on_change, names="value")
+        rows = [W.HBox(list(controls.values())[i:i + 3]) for i in range(0, len(controls), 3)]
+        self.widget = W.VBox([W.HTML(f"<b>{self.title}</b>"), *rows, self.status_line,
+                              *self.figures.values()])
+
+    @property
+    def values(self) -> dict:
+        return {k: c.value for k, c in self.controls.items()}
+
+    def _on_change(self, change) -> None:
+        self.update()
+
+    def update(self) -> None:
+        t = time.perf_counter()
+        with viz.bare():
+            new = self.figs()
+        for k, f in new.items():
+            viz.refresh(self.figures[k], f)
+        self.status_line.value = self.status()
+        self.last_update_s = time.perf_counter() - t
+        self.updates += 1
+
+    def figs(self) -> dict[str, go.Figure]:
+        raise NotImplementedError
+
+    def status(self) -> str:
+        return ""
+
+    def _repr_mimebundle_(self, **kw):
+        return self.widget._repr_mimebundle_(**kw)
+
+
+def _ms(x):
+    return "n/a" if x is None else f"{x * 1e3:.0f} ms"
+
+
+# ---- lab 03 ----------------------------------------------------------------------------------------
+class KVCacheDashboard(Dashboard):
+    """A small KV cache under chat traffic: shrink it and watch occupancy hit 100%, the scheduler
+    preempt (drop a sequence's KV, recompute it later) and streams stall."""
+
+    title = "KV cache: capacity, occupancy and preemption"
+
+    def __init__(self, n: int = 200, rate: float = 8.0, num_blocks: int = 1200, model: str = "llama-3-8b",
+                 gpu: str = "h100", workload: str = "chat-long"):
+        self.n, self.workload = n, workload
+        super().__init__({
+            "num_blocks": _slider(W.IntSlider, "KV blocks (16 tokens each)", value=num_blocks, min=300,
+                                  max=6000, step=100),
+            "rate": _slider(W.FloatSlider, "rate (req/s)", value=rate, min=1, max=20, step=1),
+            "model": _dropdown("model", MODEL_OPTIONS, model),
+            "gpu": _dropdown("GPU", GPU_OPTIONS, gpu),
+        }, ["occupancy", "raster"])
+
+    def run(self):
+        v = self.values
+        return simulate(self.workload, self.n, v["rate"], mode="chunked", chunk_size=512, model=v["model"],
+                        gpu=v["gpu"], num_blocks=v["num_blocks"])
+
+    def figs(self):
+        r = self.run()
+        self.result = r
+        window = viz.stall_window(r, span=4.0)
+        return {"occupancy": viz.kv_occupancy(r),
+                "raster": viz.token_raster(r, max_requests=60, t_range=window, stall_s=0.1)}
+
+    def status(self):
+        s = self.result.summary()
+        return (f"{self.result.num_blocks * 16:,} KV tokens per GPU &middot; preemptions: <b>{s['preemptions']}</b> "
+                f"&middot; TPOT p99 {_ms(s['tpot_s']['p99'])} &middot; ITL p99 {_ms(s['itl_s']['p99'])} "
+                f"&middot; {viz.clock_label(self.result)}")
+
+
+# ---- lab 04 ----------------------------------------------------------------------------------------
+class InterferenceDashboard(Dashboard):
+    """Streaming chats plus occasional long retrieval prompts on one GPU: move the long prompt's
+    length and share and the rate; the raster shows every stream freezing (red) in aggregated mode."""
+
+    title = "Interference: one long prompt among streaming chats"
+
+    def __init__(self, n: int = 200, rate: float = 6.0, long_len: int = 8192, long_share: float = 0.05,
+                 mode: str = "aggregated", model: str = "llama-3-8b", gpu: str = "h100", stall_s: float = 0.1):
+        self.n, self.stall_s = n, stall_s
+        super().__init__({
+            "rate": _slider(W.FloatSlider, "rate (req/s)", value=rate, min=1, max=16, step=1),
+            "long_len": _slider(W.SelectionSlider, "long prompt (tokens)", value=long_len,
+                                options=[1024, 2048, 4096, 8192, 16384, 32768]),
+            "long_share": _slider(W.FloatSlider, "long-prompt share", value=long_share, min=0.0, max=0.3,
+                                  step=0.01),
+            "mode": _dropdown("mode", ["aggregated", "chunked"], mode),
+            "model": _dropdown("model", MODEL_OPTIONS, model),
+            "gpu": _dropdown("GPU", GPU_OPTIONS, gpu),
+        }, ["raster", "stalls"])
+
+    def run(self, mode=None):
+        v = self.values
+        mode = mode or v["mode"]
+        lens = replace(PRESETS["chat-long"], long_len=v["long_len"], long_share=v["long_share"])
+        return simulate(lens, self.n, v["rate"], mode=mode, model=v["model"], gpu=v["gpu"],
+                        **({"chunk_size": 512} if mode == "chunked" else {}))
+
+    def figs(self):
+        r = self.result = self.run()
+        window = viz.stall_window(r, span=3.0)
+        gaps = viz.max_gaps(r)
+        self.frozen_share = float(np.mean(gaps > self.stall_s)) if gaps.size else 0.0
+        stalls = viz.cdf({self.values["mode"]: gaps}, "longest gap per request", slo=self.stall_s,
+                         clock=viz.clock_label(r))
+        return {"raster": viz.token_raster(r, max_requests=60, t_range=window, stall_s=self.stall_s),
+                "stalls": stalls}
+
+    def status(self):
+        s = self.result.summary()
+        return (f"<b>{self.frozen_share:.0%}</b> of streams froze for more than {self.stall_s * 1e3:.0f} ms "
+                f"&middot; TTFT p99 {_ms(s['ttft_s']['p99'])} &middot; ITL p99 {_ms(s['itl_s']['p99'])} "
+                f"&middot; {viz.clock_label(self.result)}")
+
+
+# ---- lab 05 ----------------------------------------------------------------------------------------
+class ChunkedDashboard(Dashboard):
+    """The token budget: each move of the budget slider runs one chunked simulation and adds its
+    (TTFT, ITL) point to the frontier; "sweep all budgets" fills the rest (progress bar)."""
+
+    title = "Chunked prefill: the token budget"
+
+    def __init__(self, n: int = 200, rate: float = 6.0, chunk: int = 512, itl_slo: float = 0.03,
+                 model: str = "llama-3-8b", gpu: str = "h100", workload: str = "chat-long"):
+        self.n, self.workload = n, workload
+        self.points: dict[tuple, dict] = {}
+        super().__init__({
+            "chunk": _slider(W.SelectionSlider, "token budget", value=chunk, options=list(CHUNKS)),
+            "rate": _slider(W.FloatSlider, "rate (req/s)", value=rate, min=1, max=16, step=1),
+            "itl_slo": _slider(W.FloatSlider, "ITL p99 SLO (s)", value=itl_slo, min=0.01, max=0.3, step=0.005,
+                               readout_format=".3f"),
+            "model": _dropdown("model", MODEL_OPTIONS, model),
+            "gpu": _dropdown("GPU", GPU_OPTIONS, gpu),
+        }, ["timeline", "frontier"])
+        self.sweep_button = W.Button(description="sweep all budgets", icon="play")
+        self.sweep_out = W.Output()
+        self.sweep_button.on_click(lambda _: self.sweep())
+        self.widget.children = (*self.widget.children[:-2], W.HBox([self.sweep_button, self.sweep_out]),
+                                *self.widget.children[-2:])
+
+    def _key(self):
+        v = self.values
+        return (v["rate"], v["model"], v["gpu"])
+
+    def run(self, chunk=None, mode="chunked"):
+        v = self.values
+        kw = {"chunk_size": chunk or v["chunk"]} if mode == "chunked" else {}
+        return simulate(self.workload, self.n, v["rate"], mode=mode, model=v["model"], gpu=v["gpu"], **kw)
+
+    def _point(self, chunk):
+        key = (*self._key(), chunk)
+        if key not in self.points:
+            s = self.run(chunk).summary()
+            self.points[key] = {"chunk": chunk, "ttft": s["ttft_s"]["p90"], "itl": s["itl_s"]["p99"]}
+        return self.points[key]
+
+    def sweep(self):
+        with self.sweep_out:
+            bar = _Progress(len(CHUNKS), "budget sweep")
+            for c in CHUNKS:
+                self._point(c)
+                bar.step()
+            bar.done()
+        self.update()
+
+    def figs(self):
+        v = self.values
+        r = self.result = self.run()
+        self._point(v["chunk"])
+        agg = self.run(mode="aggregated").summary()
+        self.agg_point = {"ttft": agg["ttft_s"]["p90"], "itl": agg["itl_s"]["p99"]}
+        pts = [p for k, p in self.points.items() if k[:3] == self._key()]
+        clock = viz.clock_label(r)
+        window = viz.stall_window(r, span=1.5)
+        return {"timeline": viz.batch_timeline(r, max_steps=400, t_range=window),
+                "frontier": viz.frontier(pts, slo_itl=v["itl_slo"], highlight=v["chunk"],
+                                         extra={"aggregated": self.agg_point}, clock=clock)}
+
+    def status(self):
+        p = self._point(self.values["chunk"])
+        ok = p["itl"] <= self.values["itl_slo"]
+        return (f"budget {self.values['chunk']}: TTFT p90 {_ms(p['ttft'])}, ITL p99 {_ms(p['itl'])} "
+                f"({'meets' if ok else '<b>misses</b>'} the ITL SLO) &middot; aggregated: TTFT p90 "
+                f"{_ms(self.agg_point['ttft'])}, ITL p99 {_ms(self.agg_point['itl'])} &middot; "
+                f"{viz.clock_label(self.result)}")
+
+
+# ---- lab 06 ----------------------------------------------------------------------------------------
+PD_SPLITS = ["1:1", "1:2", "1:3", "2:1", "2:2", "3:1"]
+
+
+class DisaggDashboard(Dashboard):
+    """Aggregated, chunked and disaggregated serving on the same number of GPUs: the P:D split
+    and the KV link only change the disaggregated run (the other two are remembered)."""
+
+    title = "Disaggregation: prefill and decode pools"
+
+    def __init__(self, n: int = 200, rate: float = 12.0, split: str = "1:1", link: str = "nvlink",
+                 workload: str = "chat + long prompts (chat-long)", ttft_slo: float = 0.5, itl_slo: float = 0.05,
+                 model: str = "llama-3-8b", gpu: str = "h100"):
+        self.n = n
+        super().__init__({
+            "split": _dropdown("P:D split", PD_SPLITS, split),
+            "link": _dropdown("KV link", LINK_OPTIONS, link),
+            "rate": _slider(W.FloatSlider, "rate (req/s, total)", value=rate, min=1, max=40, step=1),
+            "workload": _dropdown("workload", list(WORKLOADS), workload),
+            "ttft_slo": _slider(W.FloatSlider, "TTFT p90 SLO (s)", value=ttft_slo, min=0.05, max=3.0, step=0.05),
+            "itl_slo": _slider(W.FloatSlider, "ITL p99 SLO (s)", value=itl_slo, min=0.01, max=0.3, step=0.005,
+                               readout_format=".3f"),
+            "model": _dropdown("model", MODEL_OPTIONS, model),
+            "gpu": _dropdown("GPU", GPU_OPTIONS, gpu),
+        }, ["ttft", "itl"])
+        self.goodput_button = W.Button(description="goodput per GPU", icon="play")
+        self.goodput_out = W.Output()
+        self.goodput_fig = viz.empty_widget()
+        self.goodput_button.on_click(lambda _: self.find_goodput())
+        self.widget.children = (*self.widget.children, W.HBox([self.goodput_button, self.goodput_out]),
+                                self.goodput_fig)
+
+    @property
+    def slos(self):
+        v = self.values
+        return [SLO("ttft", 90, v["ttft_slo"]), SLO("itl", 99, v["itl_slo"])]
+
+    def configs(self) -> dict[str, dict]:
+        v = self.values
+        p, d = (int(x) for x in v["split"].split(":"))
+        common = dict(model=v["model"], gpu=v["gpu"])
+        return {"aggregated": dict(mode="aggregated", num_gpus=p + d, **common),
+                "chunked": dict(mode="chunked", num_gpus=p + d, chunk_size=512, **common),
+                "disaggregated": dict(mode="disaggregated", prefill_gpus=p, decode_gpus=d, link=v["link"], **common)}
+
+    def runs(self, rate=None):
+        v = self.values
+        return {k: simulate(v["workload"], self.n, rate or v["rate"], **cfg) for k, cfg in self.configs().items()}
+
+    def figs(self):
+        self.results = self.runs()
+        self.summaries = {k: r.summary(self.slos) for k, r in self.results.items()}
+        r = self.results["disaggregated"]
+        v = self.values
+        clock = viz.clock_label(r) + f"; {r.config.gpus} GPUs per mode; {v['rate']:g} req/s"
+        return {"ttft": viz.percentile_bars(self.summaries, "ttft", slo=v["ttft_slo"], clock=clock, log_y=True),
+                "itl": viz.percentile_bars(self.summaries, "itl", slo=v["itl_slo"], clock=clock, log_y=True)}
+
+    def status(self):
+        parts = []
+        for k, s in self.summaries.items():
+            ok = s["slo_attainment"]["all_met"]
+            parts.append(f"{k}: {'<b>meets</b>' if ok else 'misses'} the SLOs "
+                         f"({s['slo_attainment']['requests_within']:.0%} of requests within)")
+        r = self.results["disaggregated"]
+        moved = r.kv_bytes_moved / 1e9
+        return " &middot; ".join(parts) + f" &middot; KV moved: {moved:.1f} GB"
+
+    def find_goodput(self) -> dict[str, float]:
+        """Goodput per GPU of each mode under the current SLOs (a search: progress bar)."""
+        v = self.values
+        reqs = make_requests(self.n, v["rate"], _lengths(v["workload"]))
+        out = {}
+        with self.goodput_out:
+            for k, cfg in self.configs().items():
+                c = ServingConfig(**cfg)
+                out[k] = goodput(reqs, c, self.slos, start=v["rate"], label=k) / c.gpus
+        viz.refresh(self.goodput_fig, viz.goodput_bars(out, clock=viz.clock_label(self.results["disaggregated"]),
+                                                       slos=self.slos))
+        self.goodputs = out
+        return out

@@ -113,6 +113,9 @@ class ModelExecutor:
         positions = np.concatenate(pos_parts).astype(np.int64)            # [T]
         for seq, part in zip(p_seqs + list(batch.decodes), pos_parts):
             table = np.asarray(seq.block_table, dtype=np.int64)
+            if len(table) * bs <= part[-1]:
+                raise ValueError(f"sequence {seq.id}: position {part[-1]} needs block {part[-1] // bs} but its "
+                                 f"block table has {len(table)}: allocate before run()")
             slot_parts.append(table[part // bs] * bs + part % bs)
         dev = self.device
         to = lambda a, dt: torch.as_tensor(a, dtype=dt).to(dev, non_blocking=True)  # noqa: E731

@@ -99,8 +99,19 @@ class BlockManager:
         for _ in range(need):
             table.append(self._take())
 
+    def append_block(self, seq: Sequence) -> None:
+        """One more block for ``seq`` (a decode crossing a block boundary). Caller checked room."""
+        seq.block_table.append(self._take())
+
     def free(self, seq: Sequence) -> None:
         """Drop ``seq``'s references; blocks holding a known prefix stay cached (LRU)."""
+        if not self._hash_of:     # no prefix blocks anywhere: nothing is shared, every ref is 1
+            ref = self.ref
+            for b in seq.block_table:
+                ref[b] = 0
+            self._free.extend(reversed(seq.block_table))
+            seq.block_table = []
+            return
         for b in reversed(seq.block_table):   # reversed: a prefix's tail is evicted before its head
             r = self.ref[b] - 1
             self.ref[b] = r

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from itertools import chain
 from typing import Callable, Iterable
 
 import numpy as np
@@ -61,28 +62,30 @@ def per_request(seqs: Iterable[Sequence]) -> dict[str, np.ndarray]:
     n = len(seqs)
     ttft, tpot, e2e, queue = (np.full(n, np.inf) for _ in range(4))
     n_out = np.zeros(n, dtype=np.int64)
-    gaps, owners = [], []
-    for i, s in enumerate(seqs):
-        if s.status is not Status.FINISHED:
-            continue
-        t = s.token_times
-        a = s.request.arrival
-        ttft[i] = t[0] - a
-        e2e[i] = t[-1] - a
-        queue[i] = (s.first_scheduled if s.first_scheduled is not None else t[0]) - a
-        n_out[i] = len(t)
-        if len(t) > 1:
-            tpot[i] = (t[-1] - t[0]) / (len(t) - 1)
-            gaps.append(t)
-            owners.append(np.full(len(t) - 1, i))
-        else:
-            tpot[i] = np.nan      # one-token answers have no pace
-    if gaps:
-        itl = np.concatenate([np.diff(np.asarray(t)) for t in gaps])
-        owner = np.concatenate(owners)
-    else:
-        itl, owner = np.zeros(0), np.zeros(0, dtype=np.int64)
-    return {"ttft": ttft, "tpot": tpot, "e2e": e2e, "queue": queue, "itl": itl, "itl_owner": owner,
+    idx = [i for i, s in enumerate(seqs) if s.status is Status.FINISHED]
+    if not idx:
+        return {"ttft": ttft, "tpot": tpot, "e2e": e2e, "queue": queue, "itl": np.zeros(0),
+                "itl_owner": np.zeros(0, dtype=np.int64), "n_out": n_out}
+    done = [seqs[i] for i in idx]
+    idx = np.asarray(idx)
+    lens = np.fromiter((len(s.token_times) for s in done), np.int64, len(done))
+    times = np.fromiter(chain.from_iterable(s.token_times for s in done), float, int(lens.sum()))
+    last = np.cumsum(lens) - 1                 # index of each request's last token in ``times``
+    first = last - lens + 1
+    arrival = np.fromiter((s.request.arrival for s in done), float, len(done))
+    sched = np.fromiter((s.first_scheduled if s.first_scheduled is not None else np.nan for s in done),
+                        float, len(done))
+    ttft[idx] = times[first] - arrival
+    e2e[idx] = times[last] - arrival
+    queue[idx] = np.where(np.isnan(sched), times[first], sched) - arrival
+    n_out[idx] = lens
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tpot[idx] = np.where(lens > 1, (times[last] - times[first]) / (lens - 1), np.nan)  # 1 token: no pace
+    gaps = np.diff(times)
+    keep = np.ones(gaps.size, dtype=bool)
+    keep[last[:-1]] = False                    # the step from one request's last token to the next's first
+    owner = np.repeat(idx, lens - 1)
+    return {"ttft": ttft, "tpot": tpot, "e2e": e2e, "queue": queue, "itl": gaps[keep], "itl_owner": owner,
             "n_out": n_out}
 
 

@@ -57,7 +57,7 @@ class Sequence:
     __slots__ = ("request", "id", "status", "prompt_len", "max_new_tokens", "num_tokens",
                  "num_computed", "num_cached", "block_table", "output_ids", "token_times",
                  "first_scheduled", "finish_time", "reject_reason", "num_preemptions",
-                 "transfer_start", "transfer_end", "worker", "_hashes")
+                 "transfer_start", "transfer_end", "worker", "finish_at", "_hashes")
 
     def __init__(self, request: Request):
         self.request = request
@@ -66,6 +66,7 @@ class Sequence:
         self.prompt_len = request.prompt_len
         self.max_new_tokens = request.max_new_tokens
         self.num_tokens = request.prompt_len      # prompt + generated
+        self.finish_at = request.prompt_len + request.max_new_tokens   # num_tokens when done
         self.num_computed = 0                     # tokens whose KV is in the cache
         self.num_cached = 0                       # prompt tokens served by the prefix cache
         self.block_table: list[int] = []

@@ -110,43 +110,92 @@ class Scheduler:
     def schedule(self, now: float) -> Batch:
         raise NotImplementedError
 
+    def _schedule_decodes(self, batch: Batch, budget: float) -> tuple[list[Sequence], float]:
+        """Give each running, decoding sequence its one token (in admission order, up to
+        ``budget``); returns the running sequences that are still prefilling, and the budget left.
+        This loop runs once per generated token, so it is kept flat. A decoding sequence holds
+        KV for ``num_tokens - 1`` tokens in ``ceil((num_tokens - 1) / block_size)`` blocks, so its
+        new token opens a block exactly when ``(num_tokens - 1) % block_size == 0``."""
+        running, bm = self.running, self.bm
+        bs = bm.block_size
+        decodes, prefilling = batch.decodes, []
+        ctx = 0
+        if budget >= len(running) and bm.num_free >= len(running):
+            # common case: room for everyone (at most one new block each), no preemption possible
+            for seq in running:
+                nt = seq.num_tokens
+                if nt - seq.num_computed != 1 or nt == seq.prompt_len:
+                    prefilling.append(seq)
+                    continue
+                if not (nt - 1) % bs:
+                    bm.append_block(seq)
+                decodes.append(seq)
+                ctx += nt
+            budget -= len(decodes)
+        else:
+            i = 0
+            while i < len(running) and budget >= 1:
+                seq = running[i]
+                i += 1
+                nt = seq.num_tokens
+                if nt - seq.num_computed != 1 or nt == seq.prompt_len:
+                    prefilling.append(seq)
+                    continue
+                if not (nt - 1) % bs and not self._reserve(seq, 1):
+                    break                                       # seq itself was the preemption victim
+                decodes.append(seq)
+                ctx += nt
+                budget -= 1
+        batch.decode_context += ctx
+        return prefilling, budget
+
     def postprocess(self, batch: Batch, result: StepResult, now: float) -> list[Sequence]:
-        """Advance ``batch`` by one iteration that ended at ``now``; returns finished sequences."""
+        """Advance ``batch`` by one iteration that ended at ``now``; returns the sequences that
+        left this worker (finished, or handed off)."""
         tokens = result.tokens
         k = 0
         done = []
         bm = self.bm
         for seq, n in batch.prefills:
             seq.num_computed += n
-            if seq.num_cached or bm.enable_prefix_cache:
+            if bm.enable_prefix_cache:
                 bm.register_prefix(seq)
             if seq.num_computed == seq.num_tokens:
                 if self._emit(seq, tokens[k] if tokens is not None else None, now):
                     done.append(seq)
                 k += 1
-        emit = self._emit
+        # decodes: the per-token hot path of every simulation
+        if tokens is not None:
+            for seq, tok in zip(batch.decodes, tokens[k:]):
+                seq.output_ids.append(tok)
         for seq in batch.decodes:
             seq.num_computed += 1
-            if emit(seq, tokens[k] if tokens is not None else None, now):
+            seq.num_tokens += 1
+            seq.token_times.append(now)
+            if seq.num_tokens >= seq.finish_at:
+                self._finish(seq, now)
                 done.append(seq)
-            k += 1
         if done:
             gone = set(map(id, done))
             self.running = [s for s in self.running if id(s) not in gone]
         return done
 
     def _emit(self, seq: Sequence, token: int | None, now: float) -> bool:
-        """Append one sampled token; True when the sequence leaves this worker."""
+        """A prefill reached the end of its tokens: append the sampled token; True when the
+        sequence leaves this worker."""
         seq.num_tokens += 1
         seq.token_times.append(now)
         if token is not None:
             seq.output_ids.append(token)
-        if seq.num_tokens - seq.prompt_len >= seq.max_new_tokens:
-            seq.status = Status.FINISHED
-            seq.finish_time = now
-            self.bm.free(seq)
+        if seq.num_tokens >= seq.finish_at:
+            self._finish(seq, now)
             return True
         return False
+
+    def _finish(self, seq: Sequence, now: float) -> None:
+        seq.status = Status.FINISHED
+        seq.finish_time = now
+        self.bm.free(seq)
 
 
 class AggregatedScheduler(Scheduler):
@@ -179,15 +228,7 @@ class AggregatedScheduler(Scheduler):
         if batch:
             return batch
         # 2. no prompt could start: every running stream decodes one token
-        i = 0
-        running = self.running
-        bs = self.bm.block_size
-        while i < len(running):
-            seq = running[i]
-            if seq.num_computed % bs == 0 and not self._reserve(seq, 1):
-                break      # seq itself was preempted (it was the tail)
-            batch.add_decode(seq)
-            i += 1
+        self._schedule_decodes(batch, INF)
         return batch
 
 
@@ -206,21 +247,8 @@ class ChunkedScheduler(Scheduler):
     def schedule(self, now: float) -> Batch:
         batch = Batch()
         budget = self.token_budget
-        running = self.running
-        bs = self.bm.block_size
         # 1. decodes (one token each): stall-free, they never wait behind a prompt
-        prefilling = []
-        i = 0
-        while i < len(running) and budget >= 1:
-            seq = running[i]
-            if seq.num_tokens - seq.num_computed > 1 or seq.num_tokens == seq.prompt_len:
-                prefilling.append(seq)
-            else:
-                if seq.num_computed % bs == 0 and not self._reserve(seq, 1):
-                    break
-                batch.add_decode(seq)
-                budget -= 1
-            i += 1
+        prefilling, budget = self._schedule_decodes(batch, budget)
         # 2. continue prompts already being prefilled (chunk by chunk)
         for seq in prefilling:
             if budget < 1:

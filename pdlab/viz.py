@@ -105,6 +105,28 @@ def refresh(target: go.FigureWidget, new: go.Figure) -> None:
         target.layout.update(lay)
 
 
+def _axis_suffix(col: int | None) -> str:
+    return "" if not col or col == 1 else str(col)
+
+
+def hline(f: go.Figure, y: float, text: str, log: bool = False, col: int | None = None,
+          color: str = "#444", dash: str = "dash") -> None:
+    """A labelled horizontal line (an SLO, a capacity) that also works on log axes, where plotly
+    places annotations at log10 of the value."""
+    kw = dict(row=1, col=col) if col else {}
+    f.add_hline(y=y, line_dash=dash, line_color=color, **kw)
+    sfx = _axis_suffix(col)
+    f.add_annotation(x=0.01, xref=f"x{sfx} domain", xanchor="left", y=float(np.log10(y)) if log else y,
+                     yref=f"y{sfx}", yanchor="bottom", text=text, showarrow=False, font=dict(color=color, size=11))
+
+
+def vline(f: go.Figure, x: float, text: str, log: bool = False, color: str = "#444", dash: str = "dash") -> None:
+    """A labelled vertical line that also works on a log x axis."""
+    f.add_vline(x=x, line_dash=dash, line_color=color)
+    f.add_annotation(x=float(np.log10(x)) if log else x, xref="x", xanchor="left", y=0.02, yref="y domain",
+                     yanchor="bottom", text=text, showarrow=False, font=dict(color=color, size=11))
+
+
 def _window(result, t_range):
     if t_range is None:
         return -np.inf, np.inf
@@ -114,29 +136,36 @@ def _window(result, t_range):
 # ---- what the scheduler did ------------------------------------------------------------------
 def batch_timeline(result, max_steps: int = 400, widget: bool = False,
                    t_range: tuple[float, float] | None = None) -> go.Figure:
-    """Per worker (one row each), every iteration as a bar from its start to its end; the bar's
-    height is the tokens it ran, split into prefill (orange) and decode (blue) tokens. A tall
-    orange bar with no blue beside it is the moment every stream waits."""
+    """Per worker (one row each), every iteration as a bar from its start to its end. The bar's
+    height is the tokens it ran (log scale): orange up to all its tokens, blue up to its decode
+    tokens, so a pure decode iteration is all blue and a prefill-only one all orange. A wide
+    orange bar with no blue around it is the moment every stream waits."""
     lo, hi = _window(result, t_range)
     steps = [s for s in result.steps if s[2] >= lo and s[1] <= hi][:max_steps]
     names = result.workers
     n_w = len(names)
-    base = make_subplots(rows=n_w, cols=1, shared_xaxes=True, vertical_spacing=0.06 if n_w > 1 else 0.0,
+    base = make_subplots(rows=n_w, cols=1, shared_xaxes=True, vertical_spacing=0.08 if n_w > 1 else 0.0,
                          subplot_titles=[f"{n} ({r})" for n, r in zip(names, result.roles)] if n_w > 1 else None)
     f = _fig(widget, base, title=_subtitle(f"Iterations ({result.config.mode})", clock_label(result)),
-             barmode="stack", bargap=0, height=max(300, 170 * n_w + 120))
-    f.update_yaxes(title_text="tokens", rangemode="tozero")
-    f.update_xaxes(title_text="time (s)", row=n_w, col=1)
+             barmode="overlay", bargap=0, height=max(320, 170 * n_w + 130))
     arr = np.array([s[:5] for s in steps], dtype=float).reshape(-1, 5)
+    top = max(2.0, float((arr[:, 3] + arr[:, 4]).max()) if arr.size else 2.0)
+    f.update_yaxes(title_text="tokens (log)", type="log", range=[0, np.log10(top) + 0.15])
+    f.update_xaxes(title_text="time (s)", row=n_w, col=1)
     for w in range(n_w):
         m = arr[:, 0] == w
         start, end = arr[m, 1], arr[m, 2]
         mid, width = (start + end) / 2, np.maximum(end - start, 1e-9)
-        for col, color, label in ((3, PREFILL, "prefill tokens"), (4, DECODE, "decode tokens")):
-            f.add_trace(go.Bar(x=mid, y=arr[m, col], width=width, marker_color=color, marker_line_width=0,
-                               name=label, legendgroup=label, showlegend=(w == 0),
-                               hovertemplate="t=%{x:.3f}s<br>%{y} " + label + "<extra>" + names[w] + "</extra>"),
-                        row=w + 1, col=1)
+        total, dec = arr[m, 3] + arr[m, 4], arr[m, 4]
+        f.add_trace(go.Bar(x=mid, y=total, width=width, marker_color=PREFILL, marker_line_width=0,
+                           name="prefill tokens (bar = all tokens)", legendgroup="prefill", showlegend=(w == 0),
+                           customdata=np.column_stack([arr[m, 3], dec, (end - start) * 1e3]),
+                           hovertemplate="t=%{x:.3f}s: %{customdata[0]} prefill + %{customdata[1]} decode tokens,"
+                                         " %{customdata[2]:.1f} ms<extra>" + names[w] + "</extra>"),
+                    row=w + 1, col=1)
+        f.add_trace(go.Bar(x=mid, y=dec, width=width, marker_color=DECODE, marker_line_width=0,
+                           name="decode tokens", legendgroup="decode", showlegend=(w == 0), hoverinfo="skip"),
+                    row=w + 1, col=1)
     if t_range is not None:
         f.update_xaxes(range=list(t_range))
     return f
@@ -173,7 +202,8 @@ def token_raster(result, max_requests: int = 60, t_range: tuple[float, float] | 
                  widget: bool = False, stall_s: float | None = None) -> go.Figure:
     """One row per request, a mark at every emitted token: a stall is a horizontal gap (drawn
     red when longer than ``stall_s``), and a long prompt that freezes every stream shows as a
-    vertical white band. Grey lines: waiting for the first token (queue + prefill)."""
+    vertical white band (shaded: iterations longer than ``stall_s`` that ran prefill tokens).
+    Grey lines: waiting for the first token (queue + prefill)."""
     title = f"Token raster ({result.config.mode})"
     f = _fig(widget, title=_subtitle(title, clock_label(result)), xaxis_title="time (s)",
              yaxis_title="request (arrival order)")
@@ -181,11 +211,18 @@ def token_raster(result, max_requests: int = 60, t_range: tuple[float, float] | 
     xs, ys, qx, qy, sx, sy = pts
     f.add_scattergl(x=qx, y=qy, mode="lines", line=dict(color="#bbbbbb", width=1),
                     name="waiting for first token", connectgaps=False)
-    f.add_scattergl(x=xs, y=ys, mode="markers", marker=dict(size=3, color=MODE_COLORS.get(result.config.mode, DECODE)),
-                    name="token")
+    f.add_scattergl(x=xs, y=ys, mode="markers", marker=dict(size=3, color="#2c3e50"), name="token")
     if stall_s is not None:
         f.add_scattergl(x=sx, y=sy, mode="lines", line=dict(color=STALL, width=3), connectgaps=False,
                         name=f"stall > {stall_s * 1e3:.0f} ms")
+        lo, hi = _window(result, t_range)
+        long_steps = [s for s in result.steps if s[3] > 0 and s[2] - s[1] > stall_s and s[2] >= lo and s[1] <= hi]
+        for s in long_steps[:20]:
+            f.add_vrect(x0=s[1], x1=s[2], fillcolor=PREFILL, opacity=0.15, line_width=0)
+        if long_steps:
+            f.add_annotation(x=long_steps[0][1], y=1.0, yref="y domain", xanchor="left", yanchor="bottom",
+                             text=f"prefill of {long_steps[0][3]} tokens", showarrow=False,
+                             font=dict(color=PREFILL, size=11))
     if t_range is not None:
         f.update_xaxes(range=list(t_range))
     return f
@@ -195,8 +232,7 @@ def kv_occupancy(result, widget: bool = False, t_range: tuple[float, float] | No
     """KV blocks in use after every iteration, per worker, as a share of the cache; a dashed
     line at 100%. Preempted sequences (KV dropped, recomputed later) are counted in the title."""
     pre = sum(s.num_preemptions for s in result.sequences)
-    title = f"KV cache occupancy ({result.config.mode}, {result.num_blocks} blocks of " \
-            f"{result.config.block_size} tokens per worker; {pre} preemptions)"
+    title = f"KV cache occupancy: {result.num_blocks} blocks x {result.config.block_size} tokens, {pre} preemptions"
     f = _fig(widget, title=_subtitle(title, clock_label(result)), xaxis_title="time (s)",
              yaxis_title="share of KV blocks used", yaxis_range=[0, 1.08], yaxis_tickformat=".0%")
     arr = np.array(result.steps, dtype=float).reshape(-1, 6)
@@ -206,8 +242,7 @@ def kv_occupancy(result, widget: bool = False, t_range: tuple[float, float] | No
         m = arr[:, 0] == w
         f.add_scattergl(x=arr[m, 2], y=arr[m, 5] / result.num_blocks, mode="lines", name=name,
                         line=dict(color=PALETTE[w % len(PALETTE)] if len(result.workers) > 1 else DECODE))
-    f.add_hline(y=1.0, line_dash="dash", line_color="#888", annotation_text="cache full",
-                annotation_position="bottom right")
+    hline(f, 1.0, "cache full", color="#888")
     return f
 
 
@@ -225,21 +260,29 @@ def cdf_points(v: np.ndarray, max_points: int = 400) -> tuple[np.ndarray, np.nda
 
 
 def cdf(values_by_label: dict[str, np.ndarray], metric: str, widget: bool = False,
-        slo: float | None = None, clock: str | None = None, log_x: bool = False) -> go.Figure:
-    """Empirical CDFs of one latency metric, one line per label (mode); the SLO as a dashed line."""
+        slo: float | None = None, clock: str | None = None, log_x: bool = False, tail: bool = False) -> go.Figure:
+    """Empirical CDFs of one latency metric, one line per label (mode); the SLO as a dashed line.
+    ``tail=True`` draws the share of values *above* x on a log axis instead, where the rare long
+    stalls that a CDF hides near 1.0 stand out (p99 is where the curve crosses 1%)."""
     unit = "gaps between tokens" if metric == "itl" else "requests"
     name = metric.upper() if metric in ("ttft", "tpot", "itl", "e2e", "queue") else metric
-    f = _fig(widget, title=_subtitle(f"{name} distribution", clock),
+    f = _fig(widget, title=_subtitle(f"{name} distribution" + (" (tail)" if tail else ""), clock),
              xaxis_title=f"{name} (ms)" + (", log scale" if log_x else ""),
-             yaxis_title=f"fraction of {unit}", yaxis_range=[0, 1.02])
+             yaxis_title=(f"share of {unit} longer than x (log)" if tail else f"fraction of {unit}"))
     if log_x:
         f.update_xaxes(type="log")
+    if tail:
+        f.update_yaxes(type="log", tickformat=".2~%")
+    else:
+        f.update_yaxes(range=[0, 1.02])
     for i, (label, v) in enumerate(values_by_label.items()):
         x, y = cdf_points(v)
+        if tail:
+            n = max(1, np.isfinite(np.asarray(v, dtype=float)).sum())
+            y = np.maximum(1.0 - y, 0.5 / n)
         f.add_scatter(x=x * 1e3, y=y, mode="lines", name=label, line=dict(color=color_for(label, i), width=2))
     if slo is not None:
-        f.add_vline(x=slo * 1e3, line_dash="dash", line_color="#444",
-                    annotation_text=f"SLO {slo * 1e3:g} ms", annotation_position="bottom right")
+        vline(f, slo * 1e3, f"SLO {slo * 1e3:g} ms", log=log_x)
     return f
 
 
@@ -256,7 +299,7 @@ def percentile_bars(summaries: dict[str, dict], metric: str, widget: bool = Fals
         f.add_bar(x=["p50", "p90", "p99"], y=y, name=label, marker_color=color_for(label, i),
                   text=[f"{v:.0f}" if v >= 10 else f"{v:.1f}" for v in y], textposition="outside")
     if slo is not None:
-        f.add_hline(y=slo * 1e3, line_dash="dash", line_color="#444", annotation_text=f"SLO {slo * 1e3:g} ms")
+        hline(f, slo * 1e3, f"SLO {slo * 1e3:g} ms", log=log_y)
     return f
 
 
@@ -296,7 +339,9 @@ def slo_curves(rates, summaries_by_label: dict[str, list[dict]], slos, per_gpu: 
     ``goodputs`` (per GPU when ``per_gpu``) are marked as dotted vertical lines."""
     slos = list(slos)
     base = make_subplots(rows=1, cols=len(slos), subplot_titles=[f"{s.metric.upper()} p{s.percentile:g}" for s in slos])
-    f = _fig(widget, base, title=_subtitle("Latency under load vs the SLOs", clock), height=400)
+    f = _fig(widget, base, title=_subtitle("Latency under load vs the SLOs", clock), height=430,
+             margin=dict(l=60, r=20, t=90, b=90), legend=dict(orientation="h", y=-0.22, x=0.5, xanchor="center",
+                                                               yanchor="top"))
     rates = np.asarray(rates, dtype=float)
     for j, slo in enumerate(slos):
         for i, (label, sums) in enumerate(summaries_by_label.items()):
@@ -309,8 +354,7 @@ def slo_curves(rates, summaries_by_label: dict[str, list[dict]], slos, per_gpu: 
                                    showlegend=(j == 0), line=dict(color=color_for(label, i))), row=1, col=j + 1)
             if goodputs and label in goodputs and goodputs[label] > 0:
                 f.add_vline(x=goodputs[label], line_dash="dot", line_color=color_for(label, i), row=1, col=j + 1)
-        f.add_hline(y=slo.seconds * 1e3, line_dash="dash", line_color="#444", row=1, col=j + 1,
-                    annotation_text=f"SLO {slo.seconds * 1e3:g} ms", annotation_position="top left")
+        hline(f, slo.seconds * 1e3, f"SLO {slo.seconds * 1e3:g} ms", log=True, col=j + 1)
         f.update_yaxes(type="log", title_text="ms (log scale)" if j == 0 else None, row=1, col=j + 1)
         f.update_xaxes(title_text="requests/s" + (" per GPU" if per_gpu else ""), row=1, col=j + 1)
     return f
@@ -330,34 +374,34 @@ def goodput_bars(goodput_per_gpu: dict[str, float], widget: bool = False, clock:
 
 def frontier(points: list[dict], slo_itl: float | None = None, slo_ttft: float | None = None,
              highlight: float | None = None, extra: dict[str, dict] | None = None, widget: bool = False,
-             clock: str | None = None, ttft_q: str = "p90", itl_q: str = "p99") -> go.Figure:
+             clock: str | None = None, ttft_q: str = "p90", itl_q: str = "p99.9") -> go.Figure:
     """The chunked-prefill trade-off: each point is one token budget, x = TTFT, y = ITL
     (``points``: dicts with ``chunk``, ``ttft``, ``itl`` in seconds). Small budgets sit
     bottom-right (smooth streams, slow first tokens), large ones top-left (fast first tokens,
     stalls). ``extra`` adds labelled reference points (e.g. aggregated); ``highlight`` circles
     one budget."""
     f = _fig(widget, title=_subtitle("TTFT vs ITL over token budgets", clock),
-             xaxis_title=f"TTFT {ttft_q} (ms)", yaxis_title=f"ITL {itl_q} (ms)")
+             xaxis_title=f"TTFT {ttft_q} (ms, log scale)", yaxis_title=f"ITL {itl_q} (ms, log scale)")
+    f.update_xaxes(type="log")
+    f.update_yaxes(type="log")
     pts = sorted(points, key=lambda p: p["chunk"])
     x = [p["ttft"] * 1e3 for p in pts]
     y = [p["itl"] * 1e3 for p in pts]
     f.add_scatter(x=x, y=y, mode="lines+markers+text", text=[f"{p['chunk']:g}" for p in pts],
-                  textposition="top right", marker=dict(size=9, color=MODE_COLORS["chunked"]),
+                  textposition="middle right", marker=dict(size=9, color=MODE_COLORS["chunked"]),
                   line=dict(color=MODE_COLORS["chunked"]), name="chunked (label = token budget)")
     for i, (label, p) in enumerate((extra or {}).items()):
         f.add_scatter(x=[p["ttft"] * 1e3], y=[p["itl"] * 1e3], mode="markers+text", text=[label],
-                      textposition="bottom left", marker=dict(size=12, symbol="x", color=color_for(label, i)),
+                      textposition="top center", marker=dict(size=12, symbol="x", color=color_for(label, i)),
                       name=label)
     hl = [p for p in pts if highlight is not None and p["chunk"] == highlight]
     f.add_scatter(x=[p["ttft"] * 1e3 for p in hl], y=[p["itl"] * 1e3 for p in hl], mode="markers",
                   marker=dict(size=20, color="rgba(0,0,0,0)", line=dict(color="black", width=2)),
                   name="current budget")
     if slo_itl is not None:
-        f.add_hline(y=slo_itl * 1e3, line_dash="dash", line_color="#444",
-                    annotation_text=f"ITL SLO {slo_itl * 1e3:g} ms", annotation_position="top right")
+        hline(f, slo_itl * 1e3, f"ITL SLO {slo_itl * 1e3:g} ms", log=True)
     if slo_ttft is not None:
-        f.add_vline(x=slo_ttft * 1e3, line_dash="dash", line_color="#444",
-                    annotation_text=f"TTFT SLO {slo_ttft * 1e3:g} ms")
+        vline(f, slo_ttft * 1e3, f"TTFT SLO {slo_ttft * 1e3:g} ms", log=True)
     return f
 
 
@@ -403,6 +447,5 @@ def kv_capacity(cost_models: dict[str, object], contexts=(512, 1024, 2048, 4096,
         f.add_scatter(x=ctx, y=np.maximum(np.floor(cap / ctx), 0.5), mode="lines+markers",
                       name=f"{label} ({cap / 1e3:.0f}k tokens)", line=dict(color=PALETTE[i % len(PALETTE)]))
     if max_num_seqs:
-        f.add_hline(y=max_num_seqs, line_dash="dot", line_color="#444",
-                    annotation_text=f"max_num_seqs = {max_num_seqs}")
+        hline(f, max_num_seqs, f"max_num_seqs = {max_num_seqs} (the scheduler's own cap)", log=True, dash="dot")
     return f

@@ -88,3 +88,118 @@ def check_decode_traffic(fn) -> bool:
                           hint="bytes: K and V, each [batch, context, num_kv_heads, head_dim]; "
                                "FLOPs: 2 per multiply-add, for q.k and for p*v, per query head")
     return report("Ex 2.3 decode traffic (3 shapes)", True, "all match", "all match")
+
+
+# --- labs 03-06: KV cache, interference, chunked prefill, disaggregation ----------------------
+
+def check_kv_bytes_per_token(fn) -> bool:
+    """Ex 3.1: ``fn(model: ModelSpec) -> int``: bytes of K and V one token occupies, all layers."""
+    from .costmodel import MODELS
+
+    names = ["llama-3-8b", "llama-2-7b", "opt-13b", "llama-2-70b", "tiny"]
+    for name in names:
+        m = MODELS[name]
+        ok, yours = attempt("Ex 3.1 KV bytes per token", fn, m)
+        if not ok:
+            return False
+        expected = m.kv_bytes_per_token
+        if yours is None or int(yours) != expected:
+            return report(f"Ex 3.1 KV bytes per token ({name})", False, yours, expected,
+                          hint="2 (K and V) x layers x kv_heads x head_dim (hidden // heads) x dtype_bytes; "
+                               "GQA models store kv_heads, not heads")
+    m = MODELS["llama-3-8b"]
+    return report(f"Ex 3.1 KV bytes per token ({len(names)} presets; llama-3-8b)", True,
+                  int(fn(m)), m.kv_bytes_per_token)
+
+
+def check_max_decode_batch(fn) -> bool:
+    """Ex 3.2: ``fn(cost_model, context) -> int``: sequences of ``context`` tokens whose KV fits."""
+    from .costmodel import CostModel
+
+    cases = [("h100", "llama-3-8b", 4096), ("a100-80gb", "llama-2-7b", 2048), ("l4", "llama-3.2-1b", 8192)]
+    for gpu, model, ctx in cases:
+        cm = CostModel.from_names(gpu, model)
+        ok, yours = attempt("Ex 3.2 max decode batch", fn, cm, ctx)
+        if not ok:
+            return False
+        expected = cm.kv_capacity_tokens() // ctx
+        if yours is None or int(yours) != expected:
+            return report(f"Ex 3.2 max decode batch ({model} on {gpu}, {ctx} tokens)", False, yours, expected,
+                          hint="cost_model.kv_capacity_tokens() is the KV room in tokens; each sequence needs context tokens")
+    return report("Ex 3.2 max decode batch (3 cases)", True, "all match", "all match")
+
+
+def check_frozen_share(fn) -> bool:
+    """Ex 4.1: ``fn(result, threshold_s) -> float``: share of finished requests whose longest gap
+    between two tokens exceeds ``threshold_s``."""
+    import numpy as np
+
+    from .viz import max_gaps
+    from .widgets import simulate
+
+    r = simulate("chat-long", 120, 6.0, seed=3, mode="aggregated")
+    for thr in (0.05, 0.1, 0.2):
+        ok, yours = attempt("Ex 4.1 frozen share", fn, r, thr)
+        if not ok:
+            return False
+        g = max_gaps(r)
+        expected = float(np.mean(g > thr))
+        if yours is None or not close(float(yours), expected, 1e-9):
+            return report(f"Ex 4.1 frozen share (threshold {thr * 1e3:g} ms)", False, yours, round(expected, 4),
+                          hint="per finished request: max of the differences of seq.token_times; "
+                               "then the fraction of requests above the threshold")
+    return report("Ex 4.1 frozen share (3 thresholds)", True, round(float(fn(r, 0.1)), 4),
+                  round(float(np.mean(max_gaps(r) > 0.1)), 4))
+
+
+def reference_pick_budget(points, itl_slo: float):
+    ok = [p for p in points if p["itl"] <= itl_slo]
+    if not ok:
+        return None
+    return min(ok, key=lambda p: (p["ttft"], p["chunk"]))["chunk"]
+
+
+def check_pick_budget(fn) -> bool:
+    """Ex 5.1: ``fn(points, itl_slo) -> chunk``: among ``points`` (dicts with chunk, ttft, itl),
+    the budget that meets ``itl <= itl_slo`` with the lowest TTFT (None if none does)."""
+    cases = [
+        ([{"chunk": 256, "ttft": 0.30, "itl": 0.010}, {"chunk": 512, "ttft": 0.20, "itl": 0.018},
+          {"chunk": 1024, "ttft": 0.15, "itl": 0.034}, {"chunk": 2048, "ttft": 0.14, "itl": 0.065}], 0.05),
+        ([{"chunk": 2048, "ttft": 0.14, "itl": 0.065}, {"chunk": 128, "ttft": 0.5, "itl": 0.008},
+          {"chunk": 512, "ttft": 0.21, "itl": 0.018}], 0.02),
+        ([{"chunk": 512, "ttft": 0.2, "itl": 0.5}], 0.05),
+        # the lowest TTFT is not always the largest budget that fits
+        ([{"chunk": 256, "ttft": 0.12, "itl": 0.01}, {"chunk": 512, "ttft": 0.13, "itl": 0.02}], 0.05),
+    ]
+    for i, (pts, slo) in enumerate(cases):
+        ok, yours = attempt("Ex 5.1 pick the budget", fn, [dict(p) for p in pts], slo)
+        if not ok:
+            return False
+        expected = reference_pick_budget(pts, slo)
+        if yours != expected:
+            return report(f"Ex 5.1 pick the budget (case {i + 1}, ITL SLO {slo * 1e3:g} ms)", False, yours, expected,
+                          hint="keep the points with itl <= itl_slo, then take the one with the smallest ttft; "
+                               "None when no point qualifies")
+    return report("Ex 5.1 pick the budget (4 cases)", True, "all match", "all match")
+
+
+def check_kv_transfer_s(fn) -> bool:
+    """Ex 6.1: ``fn(model, prompt_tokens, link_gbps, latency_s) -> seconds`` to move a prompt's KV."""
+    from .costmodel import LINK_LATENCY_S, LINKS_GBPS, MODELS, CostModel
+
+    cases = [("llama-3-8b", 4096, "nvlink"), ("llama-3-8b", 4096, "eth-25g"), ("opt-13b", 512, "pcie4"),
+             ("llama-2-70b", 8192, "ib-ndr")]
+    for model, tokens, link in cases:
+        m = MODELS[model]
+        ok, yours = attempt("Ex 6.1 KV transfer time", fn, m, tokens, LINKS_GBPS[link], LINK_LATENCY_S[link])
+        if not ok:
+            return False
+        expected = CostModel.from_names("h100", model).kv_transfer_time(tokens, LINKS_GBPS[link], LINK_LATENCY_S[link])
+        if yours is None or not close(float(yours), expected, 1e-6):
+            return report(f"Ex 6.1 KV transfer time ({model}, {tokens} tokens over {link})", False, yours, expected,
+                          hint="latency + tokens x kv_bytes_per_token / (GB/s x 1e9)")
+    m = MODELS["llama-3-8b"]
+    return report("Ex 6.1 KV transfer time (4 cases; llama-3-8b, 4096 tokens, 25 GbE)", True,
+                  round(float(fn(m, 4096, LINKS_GBPS["eth-25g"], LINK_LATENCY_S["eth-25g"])), 4),
+                  round(CostModel.from_names("h100", "llama-3-8b").kv_transfer_time(
+                      4096, LINKS_GBPS["eth-25g"], LINK_LATENCY_S["eth-25g"]), 4))

@@ -6,14 +6,18 @@ used for only ~2 FLOPs per query head. So the kernel is organised around moving 
 - One thread block per (KV head, sequence, split). All ``group`` query heads that share the KV
   head are handled by the same block (GQA), so each K/V byte is read from memory once.
 - A token's K row (head_dim values) is split over ``LPR = head_dim / 8`` neighbouring lanes, each
-  doing one 16-byte load (8 fp16/bf16 values). A 128-thread block thus has ``128 / LPR`` token
-  rows in flight, times ``UNROLL`` tokens per thread.
+  doing one 16-byte load (8 fp16/bf16 values). A 128-thread block thus works on ``128 / LPR``
+  token rows at once, ``UNROLL`` tokens per thread per step, and loads step i+1 while it
+  computes step i (prefetch), so enough bytes are in flight to keep HBM busy.
 - Each lane does its 8 multiply-adds of q.k, then the partial dots are summed over the LPR lanes
   with warp shuffles (``lane_sum``). Softmax is *online* (running max m, sum l, output acc per
-  query head), so scores never go to memory.
+  query head, rescaled once per step), so scores never go to memory.
 - FlashDecoding: with a small batch there are too few (KV head, sequence) blocks to fill 132
   SMs, so the context is cut into ``num_splits`` pieces processed by separate blocks; each writes
   a partial output and its log-sum-exp, and ``merge_kernel`` combines them.
+
+Measured on an H200 (bench/results/kernels-h200-2026-11-29.json, bf16, 32/8 heads, head dim 128):
+1.9-2.5 TB/s, 44-58% of a device copy; torch SDPA on dense K/V reaches 3.3-4.1 TB/s.
 """
 
 from __future__ import annotations

@@ -15,7 +15,11 @@ keys in tiles of BN (only up to its last query's position: causal), and for each
   3. O += P V, again register-tiled: each thread owns RM rows x D/16 dims of the output.
 
 No tensor cores: Numba cannot reach them, so this runs on the fp32 CUDA cores (H200: 67 TFLOP/s
-peak, versus ~990 on tensor cores that SDPA uses). That gap is the lesson, not a bug.
+peak, versus ~990 on tensor cores that SDPA uses). That gap is the lesson, not a bug. Measured on
+an H200 (bench/results/kernels-h200-2026-11-29.json): 5.9 TFLOP/s for a causal 4096-token prompt
+(SDPA: 530). The kernel uses 216 registers per thread, so only 2 blocks (8 warps) fit on an SM,
+and the per-row softmax runs on half the threads between barriers: occupancy and barriers, not
+the multiply-adds, bound it.
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ What is measured (CUDA events, after warm-up, median of repeats):
   sdpa_tbps: torch SDPA on the same K/V stored dense (no paging), the vendor-kernel anchor.
 - prefill: one causal 4096-token prompt, same heads; FLOPs = 4 * D * H * L(L+1)/2
   (QK^T and PV over the causal half). SDPA uses tensor cores; the Numba kernel cannot.
-- launch_us: per-kernel launch overhead from Python (eager) and per kernel inside a replayed
-  CUDA graph.
+- launch_us: per-kernel launch overhead from Python (eager, the decode kernel) and per kernel
+  inside a replayed CUDA graph (an empty kernel, so launch cost alone); see its "note".
 """
 
 from __future__ import annotations
@@ -210,12 +210,15 @@ def bench_launch(nbk):
     g2.replay()
     torch.cuda.synchronize()
     noop_graph_us = timed(g2.replay, iters=5) * 1e3 / n
-    return dict(eager=eager_us, graph=graph_ms * 1e3 / n, empty_kernel_eager=noop_eager_us,
-                empty_kernel_graph=noop_graph_us, decode_call_eager=call_ms * 1e3,
-                note="eager: Python launch of one Numba kernel with pre-wrapped arrays; graph: per "
-                     "kernel when 200 such launches replay from one CUDA graph (includes the tiny "
-                     "kernel's own run time, about 16 tokens x 32 heads); empty_kernel_*: the same for an "
-                     "empty kernel, i.e. launch cost alone; decode_call_eager: a whole decode_attention() call")
+    return dict(eager=eager_us, graph=noop_graph_us, empty_kernel_eager=noop_eager_us,
+                decode_kernel_in_graph=graph_ms * 1e3 / n, decode_call_eager=call_ms * 1e3,
+                note=("per kernel, microseconds. eager: one Numba decode-kernel launch from Python with "
+                      "pre-wrapped arrays (launches queue asynchronously, so this is launch cost); graph: per "
+                      "kernel when 200 launches of an empty kernel replay from one CUDA graph (launch cost "
+                      "alone); empty_kernel_eager: the empty kernel launched from Python; "
+                      "decode_kernel_in_graph: per kernel when 200 tiny decode kernels (16 tokens x 32 heads) "
+                      "replay from one graph, bounded by their own run time; decode_call_eager: a whole "
+                      "decode_attention() call (torch glue + wrapping + 1 kernel)"))
 
 
 def versions():

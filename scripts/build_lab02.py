@@ -372,7 +372,7 @@ code(r"""
 lu = RESULTS["launch_us"]
 print(f"one Numba kernel launched from Python:         {lu['eager']:.0f} us")
 print(f"an empty kernel launched from Python:          {lu['empty_kernel_eager']:.0f} us")
-print(f"an empty kernel replayed from a CUDA graph:    {lu['empty_kernel_graph']:.2f} us")
+print(f"an empty kernel replayed from a CUDA graph:    {lu['graph']:.2f} us")
 print(f"a whole decode_attention() call from Python:   {lu['decode_call_eager']:.0f} us")
 if GPU:
     from pdlab.kernels.graphs import DecodeGraph

@@ -156,15 +156,13 @@ def cmd_simulate(args) -> int:
     slos = [SLO.parse(s) for s in args.slo]
     cfg = config_from(args)
     reqs = requests_from(args, args.rate)
-    if getattr(args, "executor", "costmodel") == "model":
-        from .model_executor import executor_factory_from_args
-        factory = executor_factory_from_args(args, cfg)
-    else:
-        factory = None
+    factory, clock, device = None, f"simulated (cost model: {cfg.gpu}, {cfg.model})", cfg.gpu
+    if args.executor == "model":
+        factory, clock, device, reqs = engine_setup(args, cfg, reqs)
     result = run_serving(reqs, cfg, factory)
     summary = result.summary(slos)
-    summary["clock"] = "measured (real engine)" if factory else f"simulated (cost model: {cfg.gpu}, {cfg.model})"
-    summary["model"], summary["gpu"] = cfg.model, cfg.gpu
+    summary["clock"] = clock
+    summary["model"], summary["gpu"] = cfg.model, device
     if args.json:
         print(json.dumps(summary, indent=None, sort_keys=True))
     else:
@@ -174,6 +172,25 @@ def cmd_simulate(args) -> int:
             v = "never" if r["value_s"] is None else f"{r['value_s']:.3f}s"
             print(f"SLO {r['metric']} p{r['percentile']:g} <= {r['target_s']:g}s: {v}  {'met' if r['met'] else 'MISSED'}")
     return 0
+
+
+def engine_setup(args, cfg, reqs):
+    """The real engine behind the same loop: the model preset named by --model (``tiny`` loads the
+    trained weights; other presets get seeded random weights), prompts of random token ids."""
+    import numpy as np
+
+    from . import model as M
+    from .model_executor import default_device, factory
+    if cfg.num_blocks is None:
+        cfg.num_blocks = 4096              # KV blocks per worker; the cost model's GPU memory does not apply
+    device = default_device()
+    model = M.load_tiny() if cfg.model == "tiny" else M.Model(M.preset(cfg.model)).init_random(args.seed)
+    rng = np.random.default_rng(args.seed)
+    vocab = model.cfg.vocab_size
+    reqs = [replace(r, prompt_ids=tuple(int(t) for t in rng.integers(0, vocab, r.prompt_len))) for r in reqs]
+    name = __import__("torch").cuda.get_device_name(0) if device.type == "cuda" else "cpu"
+    clock = f"measured (real engine: {cfg.model} on {name}, {args.backend} attention)"
+    return factory(model, backend=args.backend, device=device), clock, name, reqs
 
 
 def cmd_goodput(args) -> int:
@@ -218,6 +235,8 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
     add_serving_args(s)
     s.add_argument("--executor", choices=["costmodel", "model"], default="costmodel",
                    help="costmodel: simulated clock; model: the real toy engine (measured)")
+    s.add_argument("--backend", choices=["torch", "numba"], default="torch",
+                   help="attention backend of the real engine (numba: the CUDA kernels)")
     s.set_defaults(func=cmd_simulate)
     g = sub.add_parser("goodput", help="highest request rate meeting every SLO")
     add_serving_args(g, rate=False)

@@ -58,8 +58,9 @@ class ModelSpec:
     ffn: int
     vocab: int
     ffn_kind: str = "swiglu"   # "swiglu": 3 matrices (Llama family); "relu": 2 (OPT)
-    dtype_bytes: int = 2       # bf16/fp16 weights and KV
+    dtype_bytes: int = 2       # bf16/fp16 weights
     tied_embeddings: bool = False  # the LM head reuses the input embedding (Llama-3.2-1B)
+    kv_dtype_bytes: int = 2    # bf16/fp16 KV cache
 
     @property
     def head_dim(self) -> int:
@@ -89,12 +90,22 @@ class ModelSpec:
     @property
     def kv_bytes_per_token(self) -> int:
         """K and V of one token across all layers."""
-        return 2 * self.layers * self.kv_heads * self.head_dim * self.dtype_bytes
+        return 2 * self.layers * self.kv_heads * self.head_dim * self.kv_dtype_bytes
 
 
-# Published configs (see data/README.md). "tiny" is pdlab's own trained model (data/tiny).
+def _tiny() -> ModelSpec:
+    """pdlab's own trained model, read from its config (data/tiny/config.json)."""
+    c = json.loads((Path(__file__).resolve().parent.parent / "data" / "tiny" / "config.json").read_text())
+    size = {"float32": 4, "float16": 2, "bfloat16": 2}
+    assert c["hidden_size"] == c["num_heads"] * c["head_dim"], "cost model assumes hidden = heads x head_dim"
+    return ModelSpec("tiny", c["num_layers"], c["hidden_size"], c["num_heads"], c["num_kv_heads"],
+                     c["ffn_size"], c["vocab_size"], dtype_bytes=size[c["dtype"]],
+                     tied_embeddings=c["tie_embeddings"], kv_dtype_bytes=size[c["kv_dtype"]])
+
+
+# Published configs (see REFERENCES in docs/DESIGN.md). "tiny" is pdlab's own trained model.
 MODELS: dict[str, ModelSpec] = {m.name: m for m in [
-    ModelSpec("tiny", 6, 256, 4, 1, 704, 256, dtype_bytes=4),
+    _tiny(),
     ModelSpec("llama-3.2-1b", 16, 2048, 32, 8, 8192, 128256, tied_embeddings=True),
     ModelSpec("llama-3-8b", 32, 4096, 32, 8, 14336, 128256),
     ModelSpec("mistral-7b", 32, 4096, 32, 8, 14336, 32000),

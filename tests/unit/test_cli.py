@@ -93,3 +93,13 @@ def test_demo_writes_report(capsys, tmp_path):
     html = out.read_text()
     assert "simulated" in html.lower() or "Simulated" in html
     assert html.count('class="plotly-graph-div"') >= 6
+
+
+def test_simulate_with_the_real_engine_gives_the_same_json(capsys):
+    argv = ["simulate", "--executor", "model", "--model", "tiny", "--mode", "chunked", "--chunk-size", "32",
+            "--input-len", "40", "--output-len", "6", "--num-requests", "4", "--rate", "50", "--json"]
+    rc, out, _ = run(capsys, *argv)
+    assert rc == 0
+    d = json.loads(out)
+    assert KEYS <= d.keys() and d["completed"] == 4 and d["clock"].startswith("measured")
+    assert d["output_tokens"] == 24

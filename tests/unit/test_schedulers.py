@@ -159,3 +159,37 @@ def test_disaggregated_transfers_wait_for_decode_memory():
     assert res.transfers >= 8
     # decode memory holds about 3 sequences: later transfers must wait far past their first token
     assert ends[-1] - firsts[-1] > 10 * (ends[0] - firsts[0])
+
+
+class Constant:
+    """Every iteration takes 10 ms: timelines can be computed by hand."""
+
+    def run(self, batch):
+        return StepResult(0.01)
+
+    def transfer_kv(self, *a):
+        pass
+
+
+def test_hand_computed_timeline_chunked_and_aggregated():
+    import pytest
+    cfg = ServingConfig(mode="chunked", chunk_size=40, num_blocks=100)
+    (s,) = run_serving([Request(0, 0.0, 100, 4)], cfg, lambda *a: Constant()).sequences
+    # 3 prefill iterations (40 + 40 + 20 tokens), the last one samples token 1; then 3 decodes
+    assert s.token_times == pytest.approx([0.03, 0.04, 0.05, 0.06])
+    cfg = ServingConfig(mode="aggregated", num_blocks=100)
+    a, b = run_serving([Request(0, 0.0, 10, 3), Request(1, 0.015, 10, 2)], cfg, lambda *a: Constant()).sequences
+    # a: prefill [0, .01] -> t1; decode [.01, .02] -> t2; b arrived at .015 so [.02, .03] prefills b
+    # (a's stream waits: the stall); then both decode [.03, .04]
+    assert a.token_times == pytest.approx([0.01, 0.02, 0.04])
+    assert b.token_times == pytest.approx([0.03, 0.04])
+
+
+def test_hand_computed_timeline_disaggregated():
+    import pytest
+    cfg = ServingConfig(mode="disaggregated", num_blocks=100, link=1.0)   # 1 GB/s, 10 us latency
+    (s,) = run_serving([Request(0, 0.0, 64, 3)], cfg, lambda *a: Constant()).sequences
+    kv = 64 * 131072           # llama-3-8b: 128 KiB of KV per token
+    arrive = 0.01 + 10e-6 + kv / 1e9
+    assert s.token_times == pytest.approx([0.01, arrive + 0.01, arrive + 0.02])
+    assert s.transfer_end == pytest.approx(arrive)

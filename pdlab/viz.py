@@ -449,3 +449,79 @@ def kv_capacity(cost_models: dict[str, object], contexts=(512, 1024, 2048, 4096,
     if max_num_seqs:
         hline(f, max_num_seqs, f"max_num_seqs = {max_num_seqs} (the scheduler's own cap)", log=True, dash="dot")
     return f
+
+
+def decode_throughput(cost_model, context: int = 2048, max_batch: int = 512, widget: bool = False) -> go.Figure:
+    """Decode tokens/s and step time vs batch size for sequences of ``context`` tokens, with the
+    batch the KV cache can hold marked: past it, more throughput needs more memory, not more
+    compute."""
+    cm = cost_model
+    cap = cm.kv_capacity_tokens() // context
+    b = np.unique(np.geomspace(1, max_batch, 40).astype(int))
+    step = np.array([cm.decode_time(int(x), context) for x in b])
+    base = make_subplots(specs=[[{"secondary_y": True}]])
+    f = _fig(widget, base, title=_subtitle(f"Decode: bigger batches, more tokens/s ({context}-token contexts)",
+                                           sim_label(cm.model.name, cm.gpu.name, cm.tp)),
+             xaxis_title="decode batch (sequences), log scale")
+    f.update_xaxes(type="log")
+    f.add_trace(go.Scatter(x=b, y=b / step, mode="lines", name="tokens/s", line=dict(color=DECODE, width=3)),
+                secondary_y=False)
+    f.add_trace(go.Scatter(x=b, y=step * 1e3, mode="lines", name="step time (ms) = ITL",
+                           line=dict(color="#7f7f7f", dash="dot")), secondary_y=True)
+    f.update_yaxes(title_text="decode tokens/s", secondary_y=False, rangemode="tozero")
+    f.update_yaxes(title_text="step time (ms)", secondary_y=True, rangemode="tozero", showgrid=False)
+    if 1 <= cap <= max_batch:
+        vline(f, cap, f"KV cache full: {cap} sequences", log=True, color=STALL)
+    return f
+
+
+def sweep_lines(x, ys: dict[str, list], title: str, xaxis_title: str, yaxis_title: str,
+                clock: str | None = None, log_x: bool = False, log_y: bool = False, hlines: dict | None = None,
+                widget: bool = False) -> go.Figure:
+    """Generic "metric vs knob" lines (one per label), e.g. stall length vs long-prompt size.
+    ``hlines``: {label: y} reference lines (an SLO)."""
+    f = _fig(widget, title=_subtitle(title, clock), xaxis_title=xaxis_title, yaxis_title=yaxis_title)
+    if log_x:
+        f.update_xaxes(type="log")
+    if log_y:
+        f.update_yaxes(type="log")
+    for i, (label, y) in enumerate(ys.items()):
+        f.add_scatter(x=list(x), y=list(y), mode="lines+markers", name=label, line=dict(color=color_for(label, i)))
+    for label, y in (hlines or {}).items():
+        hline(f, y, label, log=log_y)
+    return f
+
+
+def value_bars(values: dict[str, float], title: str, yaxis_title: str, clock: str | None = None,
+               fmt: str = "{:.2f}", colors: dict[str, str] | None = None, widget: bool = False,
+               hlines: dict | None = None, log_y: bool = False) -> go.Figure:
+    """One bar per label with its value printed on it (a GPU's busy share, a pause per link)."""
+    f = _fig(widget, title=_subtitle(title, clock), yaxis_title=yaxis_title)
+    labels = list(values)
+    y = [values[k] for k in labels]
+    f.add_bar(x=labels, y=y, marker_color=[(colors or {}).get(k, color_for(k, i)) for i, k in enumerate(labels)],
+              text=[fmt.format(v) for v in y], textposition="outside", showlegend=False)
+    if log_y:
+        f.update_yaxes(type="log")
+    else:
+        f.update_yaxes(range=[0, max(y + [1e-9]) * 1.2])
+    for label, v in (hlines or {}).items():
+        hline(f, v, label, log=log_y)
+    return f
+
+
+def busy_share(result) -> dict[str, float]:
+    """Per worker, the share of the run's wall time it spent running iterations."""
+    arr = np.array(result.steps, dtype=float).reshape(-1, 6)
+    if not arr.size:
+        return {w: 0.0 for w in result.workers}
+    dur = max(arr[:, 2].max() - arr[:, 1].min(), 1e-12)
+    return {w: float((arr[arr[:, 0] == i, 2] - arr[arr[:, 0] == i, 1]).sum() / dur)
+            for i, w in enumerate(result.workers)}
+
+
+def first_gaps(result) -> np.ndarray:
+    """Per finished request with 2+ tokens, the pause between its first and second token. In
+    disaggregated serving the KV transfer sits exactly here (TTFT does not see it)."""
+    return np.array([s.token_times[1] - s.token_times[0] for s in result.sequences
+                     if s.status is Status.FINISHED and len(s.token_times) > 1])

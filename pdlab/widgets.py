@@ -43,7 +43,7 @@ WORKLOADS = {   # lab 06: from "disaggregation wins" to "disaggregation loses"
     "chat + long prompts (chat-long)": "chat-long",
     "ShareGPT conversations": "sharegpt",
     "arXiv summarisation (long prompts)": "arxiv",
-    "short prompts (128 in, 256 out)": Lengths("fixed", a=128, b=256),
+    "short prompts, long answers (64 in, 512 out)": Lengths("fixed", a=64, b=512),
 }
 
 
@@ -368,6 +368,36 @@ class ChunkedDashboard(Dashboard):
                 f"({'meets' if ok else '<b>misses</b>'} the ITL SLO) &middot; aggregated: TTFT p90 "
                 f"{_ms(self.agg_point['ttft'])}, ITL p99.9 {_ms(self.agg_point['itl'])} &middot; "
                 f"{viz.clock_label(self.result)}")
+
+
+class PiggybackDashboard(Dashboard):
+    """Cost-model step times of decodes alone, a prefill chunk alone and both together (no
+    simulation: instant)."""
+
+    title = "Piggybacking: decodes riding on a prefill chunk"
+
+    def __init__(self, chunk: int = 512, decodes: int = 32, context: int = 1024, model: str = "llama-3-8b",
+                 gpu: str = "h100"):
+        super().__init__({
+            "chunk": _slider(W.SelectionSlider, "chunk (prefill tokens)", value=chunk, options=list(CHUNKS)),
+            "decodes": _slider(W.IntSlider, "decodes riding along", value=decodes, min=1, max=256),
+            "context": _slider(W.SelectionSlider, "decode context (tokens)", value=context,
+                               options=[256, 512, 1024, 2048, 4096, 8192, 16384]),
+            "model": _dropdown("model", MODEL_OPTIONS, model),
+            "gpu": _dropdown("GPU", GPU_OPTIONS, gpu),
+        }, ["steps"])
+
+    def figs(self):
+        from .costmodel import CostModel
+        v = self.values
+        self.cost_model = CostModel.from_names(v["gpu"], v["model"])
+        self.times = viz.piggyback_times(self.cost_model, v["chunk"], v["decodes"], v["context"])
+        return {"steps": viz.piggyback_bars(self.cost_model, v["chunk"], v["decodes"], v["context"])}
+
+    def status(self):
+        d, p, both = self.times.values()
+        return (f"the decodes add {(both - p) * 1e3:.1f} ms to the chunk, against {d * 1e3:.1f} ms in a step of their "
+                f"own &middot; {viz.sim_label(self.values['model'], self.values['gpu'])}")
 
 
 # ---- lab 06 ----------------------------------------------------------------------------------------

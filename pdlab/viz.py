@@ -52,6 +52,8 @@ class bare:
 
 
 def _fig(widget: bool, base: go.Figure | None = None, **layout) -> go.Figure:
+    if base is None:
+        base = go.Figure(layout={"template": {}}) if _BARE[0] else None   # skip the default template too
     f = (go.FigureWidget(base) if base is not None else go.FigureWidget()) if widget else \
         (base if base is not None else go.Figure())
     lay = {**LAYOUT, **layout}

@@ -29,7 +29,8 @@ import plotly.graph_objects as go
 
 from . import viz
 from .cluster import ServingConfig, run_serving
-from .costmodel import GPUS, LINKS_GBPS, MODELS
+from .costmodel import GPUS, MODELS
+from .errors import PdlabError
 from .metrics import SLO, goodput_search, per_request
 from .workload import PRESETS, Lengths, make_requests, with_rate
 
@@ -196,11 +197,15 @@ class Dashboard:
 
     def update(self) -> None:
         t = time.perf_counter()
-        with viz.bare():
-            new = self.figs()
-        for k, f in new.items():
-            viz.refresh(self.figures[k], f)
-        self.status_line.value = self.status()
+        try:
+            with viz.bare():
+                new = self.figs()
+        except PdlabError as e:      # e.g. a model too big for the GPU: say so, keep the last figures
+            self.status_line.value = f"<span style='color:#d62728'>cannot simulate this setup: {e}</span>"
+        else:
+            for k, f in new.items():
+                viz.refresh(self.figures[k], f)
+            self.status_line.value = self.status()
         self.last_update_s = time.perf_counter() - t
         self.updates += 1
 

@@ -230,7 +230,7 @@ class KVCacheDashboard(Dashboard):
 
     title = "KV cache: capacity, occupancy and preemption"
 
-    def __init__(self, n: int = 200, rate: float = 8.0, num_blocks: int = 1200, model: str = "llama-3-8b",
+    def __init__(self, n: int = 150, rate: float = 8.0, num_blocks: int = 1200, model: str = "llama-3-8b",
                  gpu: str = "h100", workload: str = "chat-long"):
         self.n, self.workload = n, workload
         super().__init__({
@@ -267,7 +267,7 @@ class InterferenceDashboard(Dashboard):
 
     title = "Interference: one long prompt among streaming chats"
 
-    def __init__(self, n: int = 200, rate: float = 6.0, long_len: int = 8192, long_share: float = 0.05,
+    def __init__(self, n: int = 150, rate: float = 6.0, long_len: int = 8192, long_share: float = 0.05,
                  mode: str = "aggregated", model: str = "llama-3-8b", gpu: str = "h100", stall_s: float = 0.1):
         self.n, self.stall_s = n, stall_s
         super().__init__({
@@ -312,7 +312,7 @@ class ChunkedDashboard(Dashboard):
 
     title = "Chunked prefill: the token budget"
 
-    def __init__(self, n: int = 200, rate: float = 6.0, chunk: int = 512, itl_slo: float = 0.05,
+    def __init__(self, n: int = 150, rate: float = 6.0, chunk: int = 512, itl_slo: float = 0.05,
                  model: str = "llama-3-8b", gpu: str = "h100", workload: str = "chat-long"):
         self.n, self.workload = n, workload
         self.points: dict[tuple, dict] = {}
@@ -415,7 +415,7 @@ class DisaggDashboard(Dashboard):
 
     title = "Disaggregation: prefill and decode pools"
 
-    def __init__(self, n: int = 200, rate: float = 12.0, split: str = "1:1", link: str = "nvlink",
+    def __init__(self, n: int = 100, rate: float = 12.0, split: str = "1:1", link: str = "nvlink",
                  workload: str = "chat + long prompts (chat-long)", ttft_slo: float = 0.5, itl_slo: float = 0.05,
                  model: str = "llama-3-8b", gpu: str = "h100"):
         self.n = n
@@ -476,7 +476,7 @@ class DisaggDashboard(Dashboard):
     def find_goodput(self) -> dict[str, float]:
         """Goodput per GPU of each mode under the current SLOs (a search: progress bar)."""
         v = self.values
-        reqs = make_requests(self.n, v["rate"], _lengths(v["workload"]))
+        reqs = make_requests(max(self.n, 300), v["rate"], _lengths(v["workload"]))   # nearer steady state
         out = {}
         with self.goodput_out:
             for k, cfg in self.configs().items():

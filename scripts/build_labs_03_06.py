@@ -241,7 +241,7 @@ assert s_small["tpot_s"]["p99"] > s_large["tpot_s"]["p99"]
     (bottom) marks in red every stream that stalled more than 100 ms.
     '''),
     code('''
-dash = pw.KVCacheDashboard(n=N, rate=8.0, num_blocks=1200)
+dash = pw.KVCacheDashboard(rate=8.0, num_blocks=1200)   # 150 requests: fast enough to drag
 dash
 '''),
     md('''
@@ -435,7 +435,7 @@ assert max(curves["chunked"]) < min(curves["aggregated"][1:])
     is the 100 ms freeze threshold.
     '''),
     code('''
-dash = pw.InterferenceDashboard(n=N, rate=RATE)
+dash = pw.InterferenceDashboard(rate=RATE)   # 150 requests: fast enough to drag
 dash
 '''),
     md('''
@@ -612,7 +612,7 @@ assert agg_point["itl"] > ITL_SLO                # aggregated cannot meet it at 
     watch which budget wins.
     '''),
     code('''
-dash = pw.ChunkedDashboard(n=N, rate=RATE)
+dash = pw.ChunkedDashboard(rate=RATE)   # 150 requests per point: fast enough to drag
 dash
 '''),
     md('''
@@ -763,7 +763,7 @@ assert goodput["disaggregated 2:1"] > 1.5 * goodput["disaggregated 1:2"]
     same number of GPUs. *goodput per GPU* runs the three searches (a few seconds).
     '''),
     code('''
-dash = pw.DisaggDashboard(n=N // 2 if FAST else 300, rate=12.0)
+dash = pw.DisaggDashboard(rate=12.0)   # 100 requests x 3 modes per change
 dash
 '''),
     md('''

@@ -203,3 +203,67 @@ def check_kv_transfer_s(fn) -> bool:
                   round(float(fn(m, 4096, LINKS_GBPS["eth-25g"], LINK_LATENCY_S["eth-25g"])), 4),
                   round(CostModel.from_names("h100", "llama-3-8b").kv_transfer_time(
                       4096, LINKS_GBPS["eth-25g"], LINK_LATENCY_S["eth-25g"]), 4))
+
+
+# ---- labs 00 and 01: the engine and the two phases --------------------------------------------
+def reference_kv_blocks(prompt_len: int, new_tokens: int, block_size: int) -> int:
+    """KV blocks a request holds when its last token comes out: every token but the newest
+    has KV (the newest is sampled, never fed back), rounded up to whole blocks."""
+    return -(-(prompt_len + new_tokens - 1) // block_size)
+
+
+def check_kv_blocks(fn) -> bool:
+    """Ex 0.1: ``fn(prompt_len, new_tokens, block_size) -> blocks`` held at the end of generation."""
+    cases = [(17, 40, 16), (16, 1, 16), (16, 2, 16), (1, 1, 4), (100, 29, 16), (5, 12, 1)]
+    for p, n, b in cases:
+        ok, yours = attempt("Ex 0.1 KV blocks", fn, p, n, b)
+        if not ok:
+            return False
+        expected = reference_kv_blocks(p, n, b)
+        if yours != expected:
+            return report(f"Ex 0.1 KV blocks (prompt {p}, {n} new tokens, blocks of {b})", False, yours, expected,
+                          hint="tokens with KV = prompt + new - 1 (the last sampled token is never fed back); "
+                               "then round up to whole blocks")
+    return report("Ex 0.1 KV blocks (6 cases; prompt 17, 40 new, blocks of 16)", True, fn(17, 40, 16),
+                  reference_kv_blocks(17, 40, 16))
+
+
+def reference_decode_step_cost(model, batch: int, context: int) -> tuple[float, float]:
+    """(FLOPs, bytes) of one decode step: ``batch`` sequences, each attending to ``context``
+    tokens. FLOPs: 2 per weight per token through every layer and the LM head, plus QK^T and PV
+    (4 * heads * head_dim per layer per context token). Bytes: every layer's weights and the LM
+    head read once (the embedding lookup reads only ``batch`` rows: ignored), plus the K and V of
+    every context token."""
+    m = model
+    flops = 2 * batch * (m.layers * m.layer_params + m.vocab * m.hidden) \
+        + 4 * m.layers * m.heads * m.head_dim * batch * context
+    nbytes = (m.layers * m.layer_params + m.vocab * m.hidden) * m.dtype_bytes + batch * context * m.kv_bytes_per_token
+    return float(flops), float(nbytes)
+
+
+def check_decode_step_cost(fn) -> bool:
+    """Ex 1.1: ``fn(model, batch, context) -> (flops, bytes)`` of one decode step."""
+    from .costmodel import MODELS
+
+    cases = [("llama-3-8b", 1, 1024), ("llama-3-8b", 64, 1024), ("llama-3.2-1b", 16, 4096), ("opt-13b", 8, 512)]
+    for name, b, c in cases:
+        ok, yours = attempt("Ex 1.1 decode step cost", fn, MODELS[name], b, c)
+        if not ok:
+            return False
+        ef, eb = reference_decode_step_cost(MODELS[name], b, c)
+        try:
+            yf, yb = (float(v) for v in yours)
+        except (TypeError, ValueError):
+            return report("Ex 1.1 decode step cost", False, yours, (ef, eb), hint="return a pair (flops, bytes)")
+        if not close(yf, ef, 1e-6):
+            return report(f"Ex 1.1 decode FLOPs ({name}, batch {b}, context {c})", False, yf, ef,
+                          hint="2 x batch x (layers x layer_params + vocab x hidden) "
+                               "+ 4 x layers x heads x head_dim x batch x context")
+        if not close(yb, eb, 1e-6):
+            return report(f"Ex 1.1 decode bytes ({name}, batch {b}, context {c})", False, yb, eb,
+                          hint="(layers x layer_params + vocab x hidden) x dtype_bytes "
+                               "+ batch x context x kv_bytes_per_token")
+    ef, eb = reference_decode_step_cost(MODELS["llama-3-8b"], 64, 1024)
+    yf, yb = (float(v) for v in fn(MODELS["llama-3-8b"], 64, 1024))
+    return report("Ex 1.1 decode step cost (4 cases; llama-3-8b batch 64 @ 1024: FLOP/byte)", True,
+                  round(yf / yb, 2), round(ef / eb, 2))

@@ -132,13 +132,18 @@ class RMSNorm(nn.Module):
         return (xf * self.weight.float()).to(x.dtype)
 
 
-def rope(x, positions, theta: float):
-    """Rotate pairs (i, i + D/2) of every head by angle position * theta^(-2i/D) (Llama's
-    rotate-half layout). x [T, heads, D], positions [T] -> [T, heads, D]."""
-    D = x.shape[-1]
-    inv_freq = theta ** (-torch.arange(0, D, 2, device=x.device, dtype=torch.float32) / D)  # [D/2]
+def rope_cos_sin(positions, head_dim: int, theta: float):
+    """Rotation angles of every position, computed once per forward pass and shared by all
+    layers (recomputing them per layer costs a dozen small kernel launches each time).
+    positions [T] -> (cos, sin), each [T, 1, D/2] fp32."""
+    inv_freq = theta ** (-torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
     ang = positions.float()[:, None] * inv_freq[None, :]     # [T, D/2]
-    cos, sin = ang.cos()[:, None, :], ang.sin()[:, None, :]  # [T, 1, D/2]
+    return ang.cos()[:, None, :], ang.sin()[:, None, :]
+
+
+def rope(x, cos, sin):
+    """Rotate pairs (i, i + D/2) of every head by angle position * theta^(-2i/D) (Llama's
+    rotate-half layout). x [T, heads, D], cos/sin [T, 1, D/2] -> [T, heads, D]."""
     x1, x2 = x.float().chunk(2, dim=-1)                      # [T, heads, D/2] each
     out = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
     return out.to(x.dtype)
@@ -172,16 +177,16 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(H * D, C, bias=False)
         self.scale = 1.0 / math.sqrt(D)
 
-    def qkv(self, x, positions):                             # x [T, C], positions [T]
+    def qkv(self, x, cos_sin):                               # x [T, C]; cos/sin [T, 1, D/2]
         cfg = self.cfg
         T = x.shape[0]
         q = self.q_proj(x).view(T, cfg.num_heads, cfg.head_dim)      # [T, H, D]
         k = self.k_proj(x).view(T, cfg.num_kv_heads, cfg.head_dim)   # [T, Hkv, D]
         v = self.v_proj(x).view(T, cfg.num_kv_heads, cfg.head_dim)   # [T, Hkv, D]
-        return rope(q, positions, cfg.rope_theta), rope(k, positions, cfg.rope_theta), v
+        return rope(q, *cos_sin), rope(k, *cos_sin), v
 
-    def forward_paged(self, x, positions, kv_cache, attn: AttentionMetadata):
-        q, k, v = self.qkv(x, positions)
+    def forward_paged(self, x, cos_sin, kv_cache, attn: AttentionMetadata):
+        q, k, v = self.qkv(x, cos_sin)
         k_cache, v_cache = kv_cache                          # [num_blocks, block_size, Hkv, D] each
         be = attn.backend
         # write first: a prefill chunk attends to itself through the cache
@@ -203,7 +208,7 @@ class Attention(nn.Module):
         cfg = self.cfg
         B, S, _ = x.shape
         pos = torch.arange(S, device=x.device)
-        q, k, v = self.qkv(x.reshape(B * S, -1), pos.repeat(B))
+        q, k, v = self.qkv(x.reshape(B * S, -1), rope_cos_sin(pos.repeat(B), cfg.head_dim, cfg.rope_theta))
         if round_kv and cfg.torch_kv_dtype != q.dtype:
             # the engine stores K/V (and the torch backend also q) in the cache's precision:
             # round the same way so the reference sees the same numbers
@@ -280,8 +285,9 @@ class Model(nn.Module):
         layer; logits_index [S]: the rows that sample a token (all rows when None).
         Returns logits [S, V] in fp32."""
         x = self.embed(input_ids)                            # [T, C]
+        cos_sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta)
         for layer, kv in zip(self.layers, kv_caches):
-            x = x + layer.attn.forward_paged(layer.input_norm(x), positions, kv, attn)
+            x = x + layer.attn.forward_paged(layer.input_norm(x), cos_sin, kv, attn)
             x = x + layer.mlp(layer.post_attn_norm(x))
         if logits_index is not None:
             x = x[logits_index]                              # [S, C]: skip unsampled rows

@@ -1,0 +1,79 @@
+"""pdlab calibrate (grid, fit, profile the simulator can load) and pdlab generate (streams text,
+clear errors)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+
+from pdlab import calibrate as C
+from pdlab import generate as G
+from pdlab.cluster import ServingConfig
+from pdlab.costmodel import GPUS, MODELS, CostModel, Efficiency
+
+
+def _args(module, argv):
+    p = argparse.ArgumentParser()
+    module.add_arguments(p)
+    return p.parse_args(argv)
+
+
+def test_fit_recovers_known_efficiencies():
+    """Points 'measured' by a cost model with known factors are fitted back to them."""
+    truth = dict(mfu=0.45, attn_eff=0.2, mbu=0.7, step_overhead_s=2e-3, seq_overhead_s=5e-5)
+    cm_true = CostModel(GPUS["h200"], MODELS["llama-3-8b"]).with_efficiency(**truth)
+    f = C.BatchFactory(num_blocks=1 << 16, block_size=16, vocab=1000)
+    points = []
+    for p in C.grid(fast=False, max_tokens=1 << 17):
+        b = C.build_batch(f, p)
+        points.append({**p, "measured_s": cm_true.step_time(b), "_batch": b})
+    cm, pred = C.fit(CostModel(GPUS["h200"], MODELS["llama-3-8b"]), points)
+    meas = np.array([p["measured_s"] for p in points])
+    assert np.max(np.abs(pred / meas - 1)) < 0.02
+    assert cm.eff.mfu == pytest.approx(truth["mfu"], rel=0.1)
+    assert cm.eff.mbu == pytest.approx(truth["mbu"], rel=0.1)
+    assert cm.eff.step_overhead_s == pytest.approx(truth["step_overhead_s"], rel=0.1)
+
+
+def test_grid_batches_have_the_requested_shapes():
+    f = C.BatchFactory(num_blocks=64, block_size=16, vocab=258)
+    b = C.build_batch(f, {"kind": "mixed", "tokens": 32, "decodes": 3, "context": 40})
+    assert b.num_prefill_tokens == 32 and len(b.decodes) == 3 and b.decode_context == 120
+    assert len(b.sampling()) == 4
+    b = f.prefill(16, context=48, seqs=2)
+    assert [(s.num_computed, n) for s, n in b.prefills] == [(48, 16), (48, 16)]
+
+
+def test_calibrate_on_this_cpu_writes_a_profile_the_simulator_loads(tmp_path):
+    out = tmp_path / "cpu-tiny.json"
+    rc = C.run(_args(C, ["--model", "tiny", "--device", "cpu", "--fast", "--repeats", "1", "--out", str(out)]))
+    assert rc == 0
+    prof = json.loads(out.read_text())
+    assert prof["gpu"] == "cpu" and prof["model"] == "tiny" and prof["device"] == "cpu"
+    assert len(prof["points"]) == prof["fit"]["points"] >= 8
+    assert all(p["measured_s"] > 0 and p["predicted_s"] > 0 for p in prof["points"])
+    eff = Efficiency.load(out)
+    assert 0 < eff.mfu <= 1 and eff.step_overhead_s >= 0
+    ServingConfig(model="tiny", gpu="cpu", profile=str(out)).validate()
+
+
+def test_committed_h200_profile_loads():
+    eff = Efficiency.load(C.PROFILES_DIR / "h200-llama-3.2-1b-numba.json")
+    assert 0 < eff.mfu <= 1 and 0 < eff.mbu <= 1
+
+
+def test_generate_streams_story_text(capsys):
+    rc = G.run(_args(G, ["Once upon a time", "--max-new-tokens", "30"]))
+    assert rc == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("Once upon a time, there was a")
+    assert "measured" in err and "prefill of 17 tokens" in err
+
+
+def test_generate_missing_weights_is_one_clear_line(tmp_path, capsys):
+    assert G.main(["hi", "--weights", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "model file not found" in err and str(tmp_path) in err

@@ -34,13 +34,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def generate(executor, prompt_ids: list[int], max_new_tokens: int, on_token=None,
-             stop_id: int | None = tokenizer.EOS) -> tuple[list[int], list[float]]:
+             stop_id: int | None = tokenizer.EOS, block_manager=None) -> tuple[list[int], list[float]]:
     """Greedy generation of one request through ``executor`` (a ModelExecutor): a prefill step,
-    then decode steps. Blocks come from a BlockManager as the scheduler would allocate them.
+    then decode steps. Blocks come from a BlockManager (``block_manager``, or a fresh one over
+    the executor's cache) as the scheduler would allocate them; they stay allocated afterwards.
     Returns (output ids, measured seconds of each step)."""
     from .kv import BlockManager
 
-    bm = BlockManager(executor.num_blocks, executor.block_size)
+    bm = block_manager or BlockManager(executor.num_blocks, executor.block_size)
     seq = Sequence(Request(0, 0.0, len(prompt_ids), max_new_tokens, tuple(prompt_ids)))
     step_seconds = []
     while seq.num_output < max_new_tokens:

@@ -97,14 +97,16 @@ one more.
 """)
     lab.code(r"""
 from pdlab.generate import generate
+from pdlab.kv import BlockManager
 from pdlab.model_executor import ModelExecutor
 
 model = M.load_tiny(device=DEVICE)
 prompt = "Once upon a time"
 prompt_ids = tokenizer.encode(prompt)            # BOS + one id per byte
 new_tokens = 24 if FAST else 60
-ex = ModelExecutor(model, num_blocks=16, block_size=16, device=DEVICE)
-out_ids, step_s = generate(ex, prompt_ids, new_tokens)
+ex = ModelExecutor(model, num_blocks=16, block_size=16, device=DEVICE)   # the KV cache: 16 blocks of 16 slots
+blocks = BlockManager(ex.num_blocks, ex.block_size)                       # hands out those blocks
+out_ids, step_s = generate(ex, prompt_ids, new_tokens, block_manager=blocks)
 
 print(prompt + tokenizer.decode(out_ids))
 print()
@@ -223,8 +225,9 @@ def kv_blocks(prompt_len, new_tokens, block_size):
 """)
     lab.code(r"""
 checks.check_kv_blocks(kv_blocks);
-# and the engine agrees: the request of section 1 ended with this many blocks in its table
-print("engine allocated:", -(-(len(prompt_ids) + len(out_ids) - 1) // ex.block_size), "blocks of", ex.block_size)
+# the engine agrees: the request of section 1 still holds its blocks in the BlockManager
+print(f"section 1: {len(prompt_ids)} prompt + {len(out_ids)} new tokens -> the engine holds {blocks.num_used} "
+      f"blocks of {ex.block_size}; expected {checks.reference_kv_blocks(len(prompt_ids), len(out_ids), ex.block_size)}")
 """)
     lab.md(r"""
 ## 3. The map of the labs

@@ -184,7 +184,7 @@ def engine_setup(args, cfg, reqs):
     if cfg.num_blocks is None:
         cfg.num_blocks = 4096              # KV blocks per worker; the cost model's GPU memory does not apply
     device = default_device()
-    model = M.load_tiny() if cfg.model == "tiny" else M.Model(M.preset(cfg.model)).init_random(args.seed)
+    model = M.build(cfg.model, device=device, seed=args.seed)   # tiny: the trained weights
     rng = np.random.default_rng(args.seed)
     vocab = model.cfg.vocab_size
     reqs = [replace(r, prompt_ids=tuple(int(t) for t in rng.integers(0, vocab, r.prompt_len))) for r in reqs]

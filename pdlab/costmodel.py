@@ -126,6 +126,7 @@ class Efficiency:
     mbu: float = 0.8                   # fraction of HBM bandwidth reached
     step_overhead_s: float = 1.5e-3    # scheduling, launches, sampling per iteration
     seq_overhead_s: float = 2e-5       # per sequence in the batch
+    prefill_overhead_s: float = 0.0    # per prefill chunk in the batch (its own attention call, metadata)
     mem_util: float = 0.9              # share of GPU memory the engine may use
     source: str = "defaults"           # or the profile file it was fitted into
 
@@ -203,16 +204,18 @@ class CostModel:
             return 0.0
         prefill_ctx = prefill_pairs = 0
         n_sampled = len(batch.decodes)
+        n_chunks = len(batch.prefills)
         for seq, n in batch.prefills:
             c = seq.num_computed                     # context already in the cache
             prefill_pairs += n * c + n * (n + 1) // 2  # causal query x key pairs
             prefill_ctx += c + n
             n_sampled += c + n == seq.num_tokens
         return self.time_for(batch.num_tokens, n_sampled, n_seq, prefill_pairs, prefill_ctx,
-                             batch.num_prefill_tokens, batch.decode_context)
+                             batch.num_prefill_tokens, batch.decode_context, n_chunks)
 
     def time_for(self, tokens: int, sampled: int, seqs: int, prefill_pairs: int = 0,
-                 prefill_ctx: int = 0, prefill_tokens: int = 0, decode_ctx: int = 0) -> float:
+                 prefill_ctx: int = 0, prefill_tokens: int = 0, decode_ctx: int = 0,
+                 prefill_chunks: int = 0) -> float:
         """The roofline from batch totals (vectorisable; ``step_time`` fills these in)."""
         m, e = self.model, self.eff
         peak, bw = self._peak_flops(), self._bw()
@@ -225,7 +228,7 @@ class CostModel:
         attn_flops = per_pair * (prefill_pairs + decode_ctx)
         attn_bytes = kv_tok * (prefill_ctx + decode_ctx + prefill_tokens)   # reads + new writes
         t_attn = max(attn_flops / (peak * e.attn_eff), attn_bytes / bw) if attn_flops else 0.0
-        t = t_linear + t_attn + e.step_overhead_s + e.seq_overhead_s * seqs
+        t = t_linear + t_attn + e.step_overhead_s + e.seq_overhead_s * seqs + e.prefill_overhead_s * prefill_chunks
         if self.tp > 1:   # two ring all-reduces of the activations per layer
             act = tokens * m.hidden * m.dtype_bytes
             t += 2 * m.layers * (2 * (self.tp - 1) / self.tp * act / (self.gpu.link_gbps * 1e9) + 5e-6)
@@ -234,7 +237,7 @@ class CostModel:
     def prefill_time(self, tokens: int, context: int = 0) -> float:
         """One prefill of ``tokens`` new tokens after ``context`` cached ones, alone in a step."""
         pairs = tokens * context + tokens * (tokens + 1) // 2
-        return self.time_for(tokens, 1, 1, pairs, context + tokens, tokens, 0)
+        return self.time_for(tokens, 1, 1, pairs, context + tokens, tokens, 0, 1)
 
     def decode_time(self, batch: int, context: int) -> float:
         """One decode step of ``batch`` sequences each holding ``context`` tokens."""

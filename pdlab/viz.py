@@ -32,8 +32,9 @@ MODE_COLORS = {"aggregated": "#d62728", "chunked": "#1f77b4", "disaggregated": "
 PALETTE = ["#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf", "#ff7f0e"]
 PREFILL, DECODE = "#ff7f0e", "#1f77b4"
 STALL = "#d62728"
-LAYOUT = dict(template="plotly_white", margin=dict(l=60, r=20, t=60, b=50), height=380,
-              legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0),
+# legend right of the plot: above it, it collides with the two-line title in narrow outputs
+LAYOUT = dict(template="plotly_white", margin=dict(l=60, r=20, t=70, b=50), height=400,
+              legend=dict(orientation="v", yanchor="top", y=1.0, xanchor="left", x=1.02),
               title=dict(font=dict(size=15)))
 
 

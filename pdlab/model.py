@@ -164,6 +164,12 @@ class AttentionMetadata:
     # decodes (n_d sequences), one query token each
     decode_seq_lens: torch.Tensor | None = None        # [n_d] int32
     decode_block_tables: torch.Tensor | None = None    # [n_d, max_blocks] int32
+    # extra keywords for every layer's backend calls: the executor validates the step once and
+    # passes its host-side sizes here (check=False, max_q_len, ...), so no layer re-validates
+    # the same tensors or reads them back from the GPU (each read-back is a host sync)
+    write_kwargs: dict = field(default_factory=dict)
+    prefill_kwargs: dict = field(default_factory=dict)
+    decode_kwargs: dict = field(default_factory=dict)
 
 
 class Attention(nn.Module):
@@ -190,17 +196,19 @@ class Attention(nn.Module):
         k_cache, v_cache = kv_cache                          # [num_blocks, block_size, Hkv, D] each
         be = attn.backend
         # write first: a prefill chunk attends to itself through the cache
-        be.write_kv(k.to(k_cache.dtype), v.to(v_cache.dtype), k_cache, v_cache, attn.slot_mapping)
+        be.write_kv(k.to(k_cache.dtype), v.to(v_cache.dtype), k_cache, v_cache, attn.slot_mapping,
+                    **attn.write_kwargs)
         P = attn.num_prefill_tokens
         outs = []
         if P:
             outs.append(be.prefill_attention(q[:P].contiguous(), k_cache, v_cache,
                                              attn.prefill_block_tables, attn.prefill_cu_seqlens_q,
-                                             attn.prefill_seq_lens, self.scale))   # [P, H, D]
+                                             attn.prefill_seq_lens, self.scale,
+                                             **attn.prefill_kwargs))               # [P, H, D]
         if q.shape[0] > P:
             outs.append(be.decode_attention(q[P:].contiguous(), k_cache, v_cache,
                                             attn.decode_block_tables, attn.decode_seq_lens,
-                                            self.scale))                           # [n_d, H, D]
+                                            self.scale, **attn.decode_kwargs))     # [n_d, H, D]
         o = outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)               # [T, H, D]
         return self.o_proj(o.reshape(x.shape[0], -1).to(x.dtype))               # [T, C]
 

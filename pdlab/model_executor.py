@@ -18,7 +18,7 @@ import time
 import numpy as np
 import torch
 
-from .kernels import get_backend
+from .kernels import get_backend, validate
 from .model import AttentionMetadata, Model
 from .request import Batch, Sequence, StepResult
 
@@ -46,10 +46,12 @@ class ModelExecutor:
     num_blocks  KV blocks this executor holds (the BlockManager's count)
     block_size  tokens per block
     backend     "torch" (gather + SDPA) or "numba" (the paged CUDA kernels, or the simulator)
+    check_layers  re-validate the metadata in every layer's kernel calls as well (debugging; by
+                default the step is validated once, on the host, in ``prepare``)
     """
 
     def __init__(self, model: Model, num_blocks: int, block_size: int, backend: str = "torch",
-                 device: str | torch.device | None = None):
+                 device: str | torch.device | None = None, check_layers: bool = False):
         self.device = torch.device(device) if device is not None else default_device()
         self.model = model.to(self.device).eval()
         self.cfg = cfg = model.cfg
@@ -61,6 +63,11 @@ class ModelExecutor:
         self.kv_caches = [(torch.zeros(shape, dtype=cfg.torch_kv_dtype, device=self.device),
                            torch.zeros(shape, dtype=cfg.torch_kv_dtype, device=self.device))
                           for _ in range(cfg.num_layers)]
+        for k, v in self.kv_caches[:1]:
+            validate.check_cache(k, v)
+        self.check_layers = check_layers
+        self._pinned: torch.Tensor | None = None       # reused pinned host buffer (GPU)
+        self._copy_done = None                         # event: its last copy to the device ended
         self.steps = 0
 
     @property
@@ -69,7 +76,7 @@ class ModelExecutor:
         return 2 * len(self.kv_caches) * k.numel() * k.element_size()
 
     # ---- inputs -------------------------------------------------------------------------------
-    def _tables(self, seqs: list[Sequence], need: list[int]) -> torch.Tensor:
+    def _tables(self, seqs: list[Sequence], need: list[int]) -> np.ndarray:
         """[n, max_blocks] int32 block tables, padded with block 0 (never read past seq_lens)."""
         width = max(need)
         bt = np.zeros((len(seqs), width), dtype=np.int32)
@@ -78,11 +85,54 @@ class ModelExecutor:
                 raise ValueError(f"sequence {s.id} needs {n} KV blocks but its block table has "
                                  f"{len(s.block_table)}: allocate before run()")
             bt[i, :n] = s.block_table[:n]
-        return torch.from_numpy(bt)
+        return bt
+
+    def _host_buffer(self, nbytes: int) -> torch.Tensor:
+        """A uint8 host buffer for one step's metadata: pinned and reused on a GPU (the copy out
+        of it is asynchronous, so the previous step's copy must have finished before it is
+        overwritten), a fresh one on the CPU (there the device tensors *are* this memory)."""
+        if self.device.type != "cuda":
+            return torch.empty(nbytes, dtype=torch.uint8)
+        if self._copy_done is not None:
+            self._copy_done.synchronize()
+        if self._pinned is None or self._pinned.numel() < nbytes:
+            size = max(nbytes, 2 * (self._pinned.numel() if self._pinned is not None else 0), 1 << 16)
+            try:
+                self._pinned = torch.empty(size, dtype=torch.uint8, pin_memory=True)
+            except RuntimeError:                    # no pinned memory here: a plain (synchronous) copy
+                self._pinned = torch.empty(size, dtype=torch.uint8)
+        return self._pinned
+
+    def _upload(self, arrays: list[np.ndarray]) -> list[torch.Tensor]:
+        """All of a step's metadata arrays to the device in ONE host-to-device copy: packed into
+        one byte buffer (each section 16-byte aligned), copied, then viewed back per array."""
+        offs, total = [], 0
+        for a in arrays:
+            offs.append(total)
+            total += -(-a.nbytes // 16) * 16
+        host = self._host_buffer(max(total, 16))
+        hb = host.numpy()
+        for a, o in zip(arrays, offs):
+            hb[o:o + a.nbytes] = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
+        dev = host[:max(total, 16)].to(self.device, non_blocking=True)
+        if self.device.type == "cuda":
+            if self._copy_done is None:
+                self._copy_done = torch.cuda.Event()
+            self._copy_done.record()
+        out = []
+        for a, o in zip(arrays, offs):
+            dt = torch.int64 if a.dtype == np.int64 else torch.int32
+            out.append(dev[o:o + a.nbytes].view(dt).view(a.shape))
+        return out
 
     def prepare(self, batch: Batch):
         """Flat inputs for one iteration: (input_ids [T], positions [T], AttentionMetadata,
-        logits_index [S]) where S = len(batch.sampling())."""
+        logits_index [S]) where S = len(batch.sampling()).
+
+        Built on the host, validated there once for the whole step (``validate.check_step``:
+        shapes, block tables, slots) and sent to the device in one copy; every layer then calls
+        its kernels with ``check=False`` and the host-side sizes, so the layer loop never reads
+        a value back from the GPU."""
         bs = self.block_size
         ids: list[int] = []
         pos_parts, slot_parts, logits_index = [], [], []
@@ -117,22 +167,39 @@ class ModelExecutor:
                 raise ValueError(f"sequence {seq.id}: position {part[-1]} needs block {part[-1] // bs} but its "
                                  f"block table has {len(table)}: allocate before run()")
             slot_parts.append(table[part // bs] * bs + part % bs)
-        dev = self.device
-        to = lambda a, dt: torch.as_tensor(a, dtype=dt).to(dev, non_blocking=True)  # noqa: E731
-        attn = AttentionMetadata(
-            backend=self.backend,
-            slot_mapping=to(np.concatenate(slot_parts), torch.int64),      # [T]
-            num_prefill_tokens=P)
+        slots = np.concatenate(slot_parts).astype(np.int64)               # [T]
+        cu_a = np.asarray(cu, dtype=np.int32)                             # [n_p + 1]
+        p_lens_a = np.asarray(p_lens, dtype=np.int32)                     # [n_p]
+        p_bt = self._tables(p_seqs, p_need) if p_seqs else None           # [n_p, max_blocks]
+        d_lens_a = np.asarray(d_lens, dtype=np.int32)                     # [n_d]
+        d_bt = (self._tables(batch.decodes, [-(-n // bs) for n in d_lens])
+                if d_lens else None)                                      # [n_d, max_blocks]
+        # the per-layer checks, once for the step, on the host (no device read-back)
+        validate.check_step(self.num_blocks, bs, len(ids), slots,
+                            cu_a if p_seqs else None, p_lens_a, p_bt,
+                            d_lens_a if d_lens else None, d_bt)
+        arrays = [np.asarray(ids, dtype=np.int64), positions, slots, np.asarray(logits_index, dtype=np.int64)]
         if p_seqs:
-            attn.prefill_cu_seqlens_q = to(cu, torch.int32)                # [n_p + 1]
-            attn.prefill_seq_lens = to(p_lens, torch.int32)                # [n_p]
-            attn.prefill_block_tables = self._tables(p_seqs, p_need).to(dev)  # [n_p, max_blocks]
-        if batch.decodes:
-            attn.decode_seq_lens = to(d_lens, torch.int32)                 # [n_d]
-            attn.decode_block_tables = self._tables(
-                batch.decodes, [-(-n // bs) for n in d_lens]).to(dev)      # [n_d, max_blocks]
-        return (to(ids, torch.int64), to(positions, torch.int64), attn,
-                to(logits_index, torch.int64))
+            arrays += [cu_a, p_lens_a, p_bt]
+        if d_lens:
+            arrays += [d_lens_a, d_bt]
+        dev = self._upload(arrays)
+        input_ids, pos_t, slot_t, logits_t = dev[:4]
+        attn = AttentionMetadata(backend=self.backend, slot_mapping=slot_t, num_prefill_tokens=P)
+        if not self.check_layers:
+            attn.write_kwargs = {"check": False, "padding": False}
+        rest = dev[4:]
+        if p_seqs:
+            attn.prefill_cu_seqlens_q, attn.prefill_seq_lens, attn.prefill_block_tables = rest[:3]
+            rest = rest[3:]
+            if not self.check_layers:
+                attn.prefill_kwargs = {"check": False, "max_q_len": int(np.diff(cu_a).max()),
+                                       "cu_seqlens_host": cu, "seq_lens_host": p_lens}
+        if d_lens:
+            attn.decode_seq_lens, attn.decode_block_tables = rest[:2]
+            if not self.check_layers:
+                attn.decode_kwargs = {"check": False, "max_seq_len": max(d_lens)}
+        return input_ids, pos_t, attn, logits_t
 
     # ---- the step -----------------------------------------------------------------------------
     @torch.inference_mode()

@@ -11,12 +11,19 @@ Shapes (per layer):
     k_cache, v_cache  [num_blocks, block_size, num_kv_heads, head_dim]   fp16 or bf16
     slot of position p of a sequence = block_table[p // block_size] * block_size + p % block_size
 
+Both backends take the same per-step hints as keywords, so an engine that validated a step once
+(``validate.check_step``) can launch every layer without re-validation or host syncs:
+``write_kv(..., check=False, padding=False)``, ``prefill_attention(..., max_q_len=,
+check=False, cu_seqlens_host=, seq_lens_host=)``, ``decode_attention(..., max_seq_len=,
+check=False)``. A backend ignores the hints it does not need.
+
 Importing this package does not import numba: the torch backend must work where numba is
 missing or broken. ``get_backend("numba")`` imports it on first use.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 from types import SimpleNamespace
 
@@ -39,10 +46,33 @@ def get_backend(name: str = "numba"):
         _cache["numba"] = SimpleNamespace(
             name="numba",
             write_kv=cache_ops.write_kv,
-            prefill_attention=prefill.prefill_attention,
-            decode_attention=decode.decode_attention,
+            prefill_attention=_numba_prefill(prefill.prefill_attention),
+            decode_attention=_numba_decode(decode.decode_attention),
         )
     return _cache["numba"]
+
+
+def _numba_prefill(fn):
+    """The Numba prefill with the torch backend's host hints accepted (and not needed: the kernel
+    reads cu_seqlens/seq_lens on the device; ``max_q_len`` sizes its grid without a sync)."""
+
+    @functools.wraps(fn)
+    def prefill_attention(q, k_cache, v_cache, block_tables, cu_seqlens_q, seq_lens, scale, *args,
+                          cu_seqlens_host=None, seq_lens_host=None, **kw):
+        return fn(q, k_cache, v_cache, block_tables, cu_seqlens_q, seq_lens, scale, *args, **kw)
+
+    return prefill_attention
+
+
+def _numba_decode(fn):
+    """The Numba decode with the torch backend's ``max_seq_len`` hint accepted (not needed: the
+    split count comes from the block-table width, no sync)."""
+
+    @functools.wraps(fn)
+    def decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale, *args, max_seq_len=None, **kw):
+        return fn(q, k_cache, v_cache, block_tables, seq_lens, scale, *args, **kw)
+
+    return decode_attention
 
 
 def default_backend() -> str:

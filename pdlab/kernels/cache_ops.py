@@ -37,11 +37,15 @@ def _write_kv_kernel():
     return write_kv_kernel
 
 
-def write_kv(k, v, k_cache, v_cache, slot_mapping):
-    """k, v [num_tokens, Hkv, D] -> k_cache, v_cache [num_blocks, block_size, Hkv, D] at slots."""
+def write_kv(k, v, k_cache, v_cache, slot_mapping, check=True, padding=True):
+    """k, v [num_tokens, Hkv, D] -> k_cache, v_cache [num_blocks, block_size, Hkv, D] at slots.
+    ``check=False`` skips argument validation (the caller checked the step once, e.g. with
+    ``validate.check_step``: no host copy per call). ``padding`` is accepted for the torch
+    backend's signature; the kernel skips -1 slots either way."""
     import torch
 
-    validate.check_write_kv(k, v, k_cache, v_cache, slot_mapping)
+    if check:
+        validate.check_write_kv(k, v, k_cache, v_cache, slot_mapping)
     n = k.shape[0]
     if n == 0:
         return

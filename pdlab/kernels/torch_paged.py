@@ -13,10 +13,19 @@ from . import validate
 name = "torch"
 
 
-def write_kv(k, v, k_cache, v_cache, slot_mapping):
-    """Store k, v [num_tokens, Hkv, D] at their slots of the paged caches (slot -1 skips)."""
-    validate.check_write_kv(k, v, k_cache, v_cache, slot_mapping)
+def write_kv(k, v, k_cache, v_cache, slot_mapping, check=True, padding=True):
+    """Store k, v [num_tokens, Hkv, D] at their slots of the paged caches (slot -1 skips).
+    ``check=False`` skips argument validation (checked once per step by the caller);
+    ``padding=False`` promises there is no -1 slot, so no mask is built (a boolean mask is a
+    host sync: it must count the kept rows)."""
+    if check:
+        validate.check_write_kv(k, v, k_cache, v_cache, slot_mapping)
     nb, bs, hkv, d = k_cache.shape
+    if not padding:
+        slots = slot_mapping.long()
+        k_cache.view(nb * bs, hkv, d)[slots] = k
+        v_cache.view(nb * bs, hkv, d)[slots] = v
+        return
     keep = slot_mapping >= 0
     slots = slot_mapping[keep].long()
     k_cache.view(nb * bs, hkv, d)[slots] = k[keep]
@@ -44,12 +53,17 @@ def _gather(cache, block_tables, max_len):
     return cache.view(nb * bs, hkv, d)[slots]
 
 
-def prefill_attention(q, k_cache, v_cache, block_tables, cu_seqlens_q, seq_lens, scale):
-    """Ragged query chunks q [total_q, H, D] against their paged context (causal, chunk-aware)."""
-    validate.check_prefill(q, k_cache, v_cache, block_tables, cu_seqlens_q, seq_lens, scale)
+def prefill_attention(q, k_cache, v_cache, block_tables, cu_seqlens_q, seq_lens, scale,
+                      max_q_len=None, check=True, cu_seqlens_host=None, seq_lens_host=None):
+    """Ragged query chunks q [total_q, H, D] against their paged context (causal, chunk-aware).
+    ``check=False`` skips argument validation; ``cu_seqlens_host``/``seq_lens_host`` (Python
+    lists of the same values) spare reading them back from the device (a host sync per call).
+    ``max_q_len`` is accepted for the Numba backend's signature."""
+    if check:
+        validate.check_prefill(q, k_cache, v_cache, block_tables, cu_seqlens_q, seq_lens, scale)
     out = torch.empty_like(q)
-    cu = cu_seqlens_q.tolist()
-    lens = seq_lens.tolist()
+    cu = list(cu_seqlens_host) if cu_seqlens_host is not None else cu_seqlens_q.tolist()
+    lens = list(seq_lens_host) if seq_lens_host is not None else seq_lens.tolist()
     for s in range(len(lens)):
         q_len, kv_len = cu[s + 1] - cu[s], lens[s]
         if q_len == 0:
@@ -64,10 +78,11 @@ def prefill_attention(q, k_cache, v_cache, block_tables, cu_seqlens_q, seq_lens,
     return out
 
 
-def decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale, max_seq_len=None):
+def decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale, max_seq_len=None, check=True):
     """One query per sequence q [num_seqs, H, D] over its paged KV. Pass ``max_seq_len`` to
-    avoid reading seq_lens back to the host."""
-    validate.check_decode(q, k_cache, v_cache, block_tables, seq_lens, scale)
+    avoid reading seq_lens back to the host; ``check=False`` skips argument validation."""
+    if check:
+        validate.check_decode(q, k_cache, v_cache, block_tables, seq_lens, scale)
     if q.shape[0] == 0:
         return torch.empty_like(q)
     max_len = int(seq_lens.max()) if max_seq_len is None else max_seq_len

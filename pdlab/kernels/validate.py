@@ -125,3 +125,63 @@ def check_decode(q, k_cache, v_cache, block_tables, seq_lens, scale):
     _same_device(q=q, k_cache=k_cache, block_tables=block_tables, seq_lens=seq_lens)
     _check_tables(block_tables, seq_lens, q.shape[0], block_size, num_blocks)
     return q.shape[0]
+
+
+# ---- once per step, on the host --------------------------------------------------------------
+def check_step(num_blocks: int, block_size: int, num_tokens: int, slot_mapping, cu_seqlens_q=None,
+               prefill_seq_lens=None, prefill_block_tables=None, decode_seq_lens=None,
+               decode_block_tables=None) -> None:
+    """Everything the per-layer checks read from tensor *values*, checked once for a whole step
+    on the host copies (numpy arrays) of the step's metadata, before they go to the device. An
+    engine that calls this may then launch every layer's kernels with ``check=False``: the
+    layers share these tensors, so checking them per layer only repeats the same host copies.
+
+    slot_mapping [T]; cu_seqlens_q [n_p + 1], prefill_seq_lens [n_p], prefill_block_tables
+    [n_p, w_p]; decode_seq_lens [n_d], decode_block_tables [n_d, w_d] (None where absent)."""
+    import numpy as np
+
+    def tables(name, lens, bt, num_seqs):
+        lens, bt = np.asarray(lens), np.asarray(bt)
+        _need(lens.shape == (num_seqs,), f"{name}seq_lens: {lens.shape[0]} entries for {num_seqs} sequences")
+        _need(bt.ndim == 2 and bt.shape[0] == num_seqs,
+              f"{name}block_tables: shape {bt.shape} for {num_seqs} sequences")
+        if not num_seqs:
+            return lens
+        _need(int(lens.min()) >= 1, f"{name}seq_lens: every sequence needs at least 1 token, got min {int(lens.min())}")
+        need = (lens.astype(np.int64) + block_size - 1) // block_size
+        _need(int(need.max()) <= bt.shape[1],
+              f"{name}block_tables: {bt.shape[1]} columns, but seq_lens needs up to {int(need.max())} "
+              f"blocks of {block_size}")
+        used = bt[np.arange(bt.shape[1])[None, :] < need[:, None]]   # the entries a kernel reads
+        if used.size:
+            _need(int(used.min()) >= 0 and int(used.max()) < num_blocks,
+                  f"{name}block_tables: block ids must lie in [0, {num_blocks}); got "
+                  f"{int(used.min())}..{int(used.max())}")
+        return lens
+
+    n_prefill = 0
+    if cu_seqlens_q is not None:
+        cu = np.asarray(cu_seqlens_q).astype(np.int64)
+        _need(cu.ndim == 1 and cu.size >= 1, "cu_seqlens_q: needs num_seqs + 1 entries")
+        lens = tables("prefill_", prefill_seq_lens, prefill_block_tables, cu.size - 1)
+        qlens = np.diff(cu)
+        _need(int(cu[0]) == 0, f"cu_seqlens_q: must start at 0, got {int(cu[0])}")
+        _need(bool((qlens >= 0).all()), "cu_seqlens_q: must be non-decreasing")
+        _need(bool((qlens <= lens).all()),
+              "prefill_seq_lens: each must include its query chunk (seq_len >= q_len); "
+              f"got q_lens {qlens.tolist()[:8]} vs seq_lens {lens.tolist()[:8]}")
+        n_prefill = int(cu[-1])
+    n_decode = 0
+    if decode_seq_lens is not None:
+        n_decode = len(decode_seq_lens)
+        tables("decode_", decode_seq_lens, decode_block_tables, n_decode)
+    _need(n_prefill + n_decode == num_tokens,
+          f"cu_seqlens_q: {n_prefill} prefill + {n_decode} decode tokens, but the step has {num_tokens}")
+    n_slots = num_blocks * block_size
+    slots = np.asarray(slot_mapping)
+    _need(slots.shape == (num_tokens,), f"slot_mapping: {slots.shape[0] if slots.ndim else 0} slots for "
+                                        f"{num_tokens} tokens")
+    if slots.size:
+        lo, hi = int(slots.min()), int(slots.max())
+        _need(lo >= -1 and hi < n_slots,
+              f"slot_mapping: slots must lie in [0, {n_slots}) (or -1 to skip); got min {lo}, max {hi}")

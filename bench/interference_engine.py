@@ -4,7 +4,7 @@
 
 A stream of short chats (prompts 64-512 tokens, 64-160 output tokens, Poisson arrivals) plus a
 few long prompts (8192 tokens) served by the real engine (``ModelExecutor``, llama-3.2-1b shape,
-random bf16 weights, torch attention backend) under two policies:
+random bf16 weights, --backend torch or numba attention) under two policies:
 
 - aggregated: a waiting prompt is prefilled whole, in its own iteration: every stream waits;
 - chunked:    a 512-token budget per iteration, decodes first: a long prompt is spread out.
@@ -34,6 +34,8 @@ from pdlab.metrics import per_request  # noqa: E402
 from pdlab.request import Request  # noqa: E402
 
 MODEL = "llama-3.2-1b"
+WORKLOAD_NOTE = ("workload: bench/interference_engine.py workload() seed 0: 60 chats (prompts 64-512, "
+                 "outputs 64-160 tokens, Poisson 6/s) + 3 prompts of 8192 tokens (16 outputs)")
 BLOCK_SIZE = 16
 NUM_BLOCKS = 16384          # 262k tokens of KV per worker (8.6 GB in bf16 for this shape)
 
@@ -65,9 +67,50 @@ def config(mode: str, chunk: int | None = None, profile: str | None = None) -> S
                          num_blocks=NUM_BLOCKS, profile=profile, link="nvlink")
 
 
-def serve_measured(model, requests, mode, chunk=None, backend="torch"):
+def serve_measured(model, requests, mode, chunk=None, backend="torch", step_log=None, profile=None):
+    """Serve with the real engine. With ``step_log`` (a list) and ``profile``, every step also
+    records (predicted s, measured s, prefill chunks, decodes, prefill tokens): the cost model's
+    time for that very batch beside the measured one."""
     from pdlab.model_executor import factory
-    return run_serving(requests, config(mode, chunk), executor_factory=factory(model, backend=backend))
+    make = factory(model, backend=backend)
+    if step_log is not None and profile:
+        cm = config(mode, chunk, profile).cost_model()
+        base = make
+
+        def make(name, role, num_blocks, block_size):
+            ex = base(name, role, num_blocks, block_size)
+            run = ex.run
+
+            def logged(batch):
+                pred = cm.step_time(batch)          # before the run: run() never changes a sequence
+                res = run(batch)
+                if batch:
+                    step_log.append((pred, res.seconds, len(batch.prefills), len(batch.decodes),
+                                     batch.num_prefill_tokens))
+                return res
+
+            ex.run = logged
+            return ex
+    return run_serving(requests, config(mode, chunk), executor_factory=make)
+
+
+def step_errors(step_log) -> dict:
+    """Per-step |predicted / measured - 1| over a served run, split by step kind."""
+    if not step_log:
+        return {}
+    a = np.array([r[:2] for r in step_log], dtype=float)
+    kinds = np.array(["mixed" if r[2] and r[3] else "prefill" if r[2] else "decode" for r in step_log])
+    rel = a[:, 0] / a[:, 1] - 1
+    out = {"steps": len(step_log), "median_rel_error": float(np.median(rel)),
+           "median_abs_rel_error": float(np.median(np.abs(rel))), "p90_abs_rel_error": float(np.percentile(np.abs(rel), 90)),
+           "measured_step_p50_ms": 1e3 * float(np.median(a[:, 1]))}
+    for k in ("prefill", "decode", "mixed"):
+        m = kinds == k
+        if m.any():
+            out[k] = {"steps": int(m.sum()), "median_rel_error": float(np.median(rel[m])),
+                      "measured_p50_ms": 1e3 * float(np.median(a[m, 1])),
+                      "predicted_p50_ms": 1e3 * float(np.median(a[m, 0]))}
+    return out
 
 
 def serve_simulated(requests, mode, chunk=None, profile=None):
@@ -113,7 +156,7 @@ def load_model(num_layers=None):
     return M.build(cfg, device="cuda" if torch.cuda.is_available() else "cpu")
 
 
-def write_report(path, reqs, modes: dict, backend: str) -> dict:
+def write_report(path, reqs, modes: dict, backend: str, notes=None, chunk_size=None) -> dict:
     """The interference JSON: per mode, measured (and, when given, simulated) latency tables."""
     import torch
 
@@ -128,6 +171,10 @@ def write_report(path, reqs, modes: dict, backend: str) -> dict:
            "modes": modes,
            "itl_p99_ratio_aggregated_over_chunked": agg["itl_p99_ms"] / chk["itl_p99_ms"],
            "itl_max_ratio_aggregated_over_chunked": agg["itl_max_ms"] / chk["itl_max_ms"]}
+    if chunk_size is not None:
+        out["chunk_size"] = chunk_size
+    if notes:
+        out["notes"] = list(notes)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(out, indent=1) + "\n")
     print(f"wrote {path}")
@@ -156,7 +203,8 @@ def main(argv=None) -> int:
         key = mode if chunk is None else f"{mode}-{chunk}"
         modes[key] = row
         print(key, json.dumps(row), flush=True)
-    write_report(args.out, reqs, modes, args.backend)
+    write_report(args.out, reqs, modes, args.backend, chunk_size=args.chunk,
+                 notes=[WORKLOAD_NOTE, "python " + " ".join(sys.argv)])
     return 0
 
 

@@ -6,11 +6,15 @@
 1. Build the model (trained ``tiny``, or a shape preset with seeded random weights) and a
    ``ModelExecutor`` with a paged KV cache.
 2. Time a grid of batch shapes: prefill-only (prompt length, with and without cached context),
-   decode-only (batch size x context length) and mixed (a prefill chunk plus decodes). Each
-   point is the median of a few runs after a warm-up.
+   decode-only (batch size x context length), mixed (a prefill chunk plus decodes) and
+   serving-like steps (several prefill chunks, some after cached context, beside a decode
+   batch: what the chunked and aggregated schedulers really issue). Each point is the median of
+   a few runs after a warm-up; the runs go round-robin over the grid, so a step follows a step
+   of another shape, as in serving, rather than a copy of itself.
 3. Fit the cost model's efficiency factors and overheads (``costmodel.Efficiency``: mfu,
-   attn_eff, mbu, step_overhead_s, seq_overhead_s) by least squares on log(predicted/measured),
-   so short and long steps weigh the same.
+   attn_eff, mbu, step_overhead_s, seq_overhead_s, prefill_overhead_s) by least squares on
+   log(predicted/measured), so short and long steps weigh the same. The profile reports the
+   fit's median and max relative error over every point.
 4. Write a profile JSON (``efficiency`` + every point, measured and predicted) that the
    simulator loads with ``ServingConfig(profile=...)`` / ``pdlab simulate --profile``.
 
@@ -34,9 +38,9 @@ import numpy as np
 from .request import Batch, Request, Sequence
 
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "data" / "profiles"
-FIT_PARAMS = ("mfu", "attn_eff", "mbu", "step_overhead_s", "seq_overhead_s")
+FIT_PARAMS = ("mfu", "attn_eff", "mbu", "step_overhead_s", "seq_overhead_s", "prefill_overhead_s")
 _BOUNDS = {"mfu": (1e-4, 1.0), "attn_eff": (1e-5, 1.0), "mbu": (1e-3, 1.0),
-           "step_overhead_s": (0.0, 1.0), "seq_overhead_s": (0.0, 0.1)}
+           "step_overhead_s": (0.0, 1.0), "seq_overhead_s": (0.0, 0.1), "prefill_overhead_s": (0.0, 0.1)}
 
 
 # ---- synthetic batches ------------------------------------------------------------------------
@@ -81,12 +85,33 @@ class BatchFactory:
     def mixed(self, chunk: int, num_decodes: int, context: int) -> Batch:
         return self.decode(num_decodes, context, self.prefill(chunk))
 
+    def serving(self, chunks, num_decodes: int, context: int) -> Batch:
+        """A step as a scheduler issues it: prefill chunks ``[(tokens, cached context), ...]``
+        (whole short prompts, or a slice of a long one) beside ``num_decodes`` decodes."""
+        b = Batch()
+        for tokens, ctx in chunks:
+            self.prefill(tokens, ctx, b)
+        return self.decode(num_decodes, context, b) if num_decodes else b
+
 
 def time_batch(executor, batch: Batch, repeats: int = 5, warmup: int = 1) -> float:
     """Median measured seconds of ``executor.run(batch)`` (run never changes the sequences)."""
     for _ in range(warmup):
         executor.run(batch)
     return statistics.median(executor.run(batch).seconds for _ in range(repeats))
+
+
+def time_batches(executor, batches: list[Batch], repeats: int = 5, warmup: int = 1) -> list[float]:
+    """Median measured seconds of each batch, timed round-robin: every run follows a step of a
+    different shape (as in serving), not a repeat of itself."""
+    for _ in range(warmup):
+        for b in batches:
+            executor.run(b)
+    times = [[] for _ in batches]
+    for _ in range(repeats):
+        for i, b in enumerate(batches):
+            times[i].append(executor.run(b).seconds)
+    return [statistics.median(t) for t in times]
 
 
 def measure_prefill(executor, factory: BatchFactory, lengths, repeats: int = 3) -> list[float]:
@@ -108,6 +133,7 @@ def grid(fast: bool, max_tokens: int) -> list[dict]:
         mixed = [(64, 8, 128)]
         ctx_prefill = [(64, 256)]
         multi = [(4, 32)]
+        serving = [([(48, 0), (32, 16)], 6, 96), ([(64, 128)], 4, 64)]
     else:
         prefill = [16, 32, 64, 128, 256, 512, 1024, 2048, 4096]
         decode_b, decode_c = [1, 2, 4, 8, 16, 32, 64, 128, 256], [128, 512, 2048]
@@ -116,6 +142,16 @@ def grid(fast: bool, max_tokens: int) -> list[dict]:
         prefill.append(8192)
         ctx_prefill = [(512, 1024), (512, 3584), (256, 2048), (1024, 2048), (512, 7680)]
         multi = [(2, 256), (4, 128), (4, 256), (8, 64), (8, 256), (16, 128)]     # (prompts, tokens each)
+        # (prefill chunks [(tokens, cached context)], decodes, decode context): steps as the
+        # schedulers issue them for chat traffic (prompts 64-512, 64-160 output tokens) with a
+        # few long prompts: a 512-token chunked budget filled after the decodes, whole prompts
+        # batched together (aggregated), slices of a long prompt beside the running streams
+        serving = [([(200, 0), (150, 0)], 24, 320), ([(256, 0), (128, 64)], 32, 400),
+                   ([(480, 0)], 32, 256), ([(300, 0), (100, 200)], 8, 500),
+                   ([(128, 0), (128, 0), (128, 0)], 64, 300), ([(64, 0), (96, 0), (200, 0), (100, 0)], 48, 256),
+                   ([(448, 3584)], 64, 400), ([(496, 7680)], 16, 600), ([(512, 1024)], 40, 350),
+                   ([(300, 0), (200, 0), (450, 0)], 0, 0), ([(120, 0), (380, 0), (250, 0), (90, 0)], 0, 0),
+                   ([(8192, 0)], 0, 0), ([(2048, 0)], 48, 400), ([(24, 0), (40, 0)], 96, 350)]
     pts = [{"kind": "prefill", "tokens": n, "context": 0, "decodes": 0} for n in prefill if n <= max_tokens]
     pts += [{"kind": "prefill", "tokens": n, "context": 0, "decodes": 0, "seqs": k} for k, n in multi
             if k * n <= max_tokens]
@@ -124,6 +160,9 @@ def grid(fast: bool, max_tokens: int) -> list[dict]:
             for c in decode_c for b in decode_b if b * c <= max_tokens]
     pts += [{"kind": "mixed", "tokens": n, "context": c, "decodes": b} for n, b, c in mixed
             if n + b * c <= max_tokens]
+    pts += [{"kind": "serving", "tokens": sum(n for n, _ in ch), "context": c, "decodes": b,
+             "chunks": [list(x) for x in ch]} for ch, b, c in serving
+            if sum(n + k for n, k in ch) + b * c <= max_tokens]
     return pts
 
 
@@ -132,16 +171,20 @@ def build_batch(f: BatchFactory, p: dict) -> Batch:
         return f.prefill(p["tokens"], p["context"], seqs=p.get("seqs", 1))
     if p["kind"] == "decode":
         return f.decode(p["decodes"], p["context"])
+    if p["kind"] == "serving":
+        return f.serving(p["chunks"], p["decodes"], p["context"])
     return f.mixed(p["tokens"], p["decodes"], p["context"])
 
 
 def measure_grid(executor, points: list[dict], repeats: int = 5, progress=None) -> list[dict]:
+    """Time every point (round-robin, see ``time_batches``). Batches hold disjoint blocks of the
+    cache as long as it has room, so round-robin runs do not overwrite each other's context."""
     f = BatchFactory(executor.num_blocks, executor.block_size, executor.cfg.vocab_size)
+    batches = [build_batch(f, p) for p in points]
+    secs = time_batches(executor, batches, repeats)
     out = []
-    for p in points:
-        batch = build_batch(f, p)
-        s = time_batch(executor, batch, repeats)
-        out.append({**p, "measured_s": s, "_batch": batch})
+    for p, b, s in zip(points, batches, secs):
+        out.append({**p, "measured_s": s, "_batch": b})
         if progress:
             progress(out[-1])
     return out
@@ -175,7 +218,8 @@ def fit(cost_model, points: list[dict]):
     # fit in log space for the efficiencies, linear (scaled to ms) for the overheads
     def unpack(x):
         return dict(mfu=float(np.exp(x[0])), attn_eff=float(np.exp(x[1])), mbu=float(np.exp(x[2])),
-                    step_overhead_s=float(x[3]) * 1e-3, seq_overhead_s=float(x[4]) * 1e-3)
+                    step_overhead_s=float(x[3]) * 1e-3, seq_overhead_s=float(x[4]) * 1e-3,
+                    prefill_overhead_s=float(x[5]) * 1e-3)
 
     def predict(x):
         cm = cost_model.with_efficiency(**unpack(x))
@@ -184,12 +228,12 @@ def fit(cost_model, points: list[dict]):
     def resid(x):
         return np.log(predict(x) / meas)
 
-    x_lo = np.array([np.log(lo[0]), np.log(lo[1]), np.log(lo[2]), lo[3] * 1e3, lo[4] * 1e3])
-    x_hi = np.array([np.log(hi[0]), np.log(hi[1]), np.log(hi[2]), hi[3] * 1e3, hi[4] * 1e3])
+    x_lo = np.array([np.log(lo[0]), np.log(lo[1]), np.log(lo[2]), lo[3] * 1e3, lo[4] * 1e3, lo[5] * 1e3])
+    x_hi = np.array([np.log(hi[0]), np.log(hi[1]), np.log(hi[2]), hi[3] * 1e3, hi[4] * 1e3, hi[5] * 1e3])
     best = None
     # a few starts: the max() in the roofline makes the surface piecewise, with flat parts
     for mfu0, eff0, mbu0 in [(0.5, 0.3, 0.7), (0.1, 0.05, 0.3), (0.02, 0.01, 0.1)]:
-        x0 = np.array([np.log(mfu0), np.log(eff0), np.log(mbu0), float(np.min(meas)) * 1e3 * 0.5, 0.01])
+        x0 = np.array([np.log(mfu0), np.log(eff0), np.log(mbu0), float(np.min(meas)) * 1e3 * 0.5, 0.01, 0.1])
         x0 = np.clip(x0, x_lo + 1e-9, x_hi - 1e-9)
         r = least_squares(resid, x0, bounds=(x_lo, x_hi), loss="soft_l1", f_scale=0.1)
         if best is None or r.cost < best.cost:
@@ -256,7 +300,12 @@ def calibrate(model_name: str, gpu: str | None = None, backend: str = "torch", d
         "efficiency": eff,
         "fit": {"points": len(points), "median_abs_rel_error": float(np.median(np.abs(rel))),
                 "max_abs_rel_error": float(np.max(np.abs(rel))),
-                "residuals": "log(predicted / measured), soft-L1 least squares"},
+                "by_kind": {k: {"points": int(sum(m)), "median_abs_rel_error": float(np.median(np.abs(rel[m]))),
+                                "max_abs_rel_error": float(np.max(np.abs(rel[m])))}
+                            for k in dict.fromkeys(p["kind"] for p in points)
+                            for m in [np.array([p["kind"] == k for p in points])]},
+                "residuals": "log(predicted / measured), soft-L1 least squares; errors are "
+                             "|predicted / measured - 1| over every point"},
         "points": [{k: v for k, v in p.items() if not k.startswith("_")} | {"predicted_s": float(q)}
                    for p, q in zip(points, pred)],
         "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -300,7 +349,7 @@ def run(args) -> int:
     t0 = time.perf_counter()
 
     def show(p):
-        print(f"  {p['kind']:8s} x{p.get('seqs', 1):<3d} tokens={p['tokens']:5d} decodes={p['decodes']:4d} context={p['context']:5d}"
+        print(f"  {p['kind']:8s} x{p.get('seqs', len(p.get('chunks', [])) or 1):<3d} tokens={p['tokens']:5d} decodes={p['decodes']:4d} context={p['context']:5d}"
               f"  {1e3 * p['measured_s']:9.3f} ms", flush=True)
 
     prof = calibrate(model, args.gpu, args.backend, args.device, args.fast, args.repeats,

@@ -23,7 +23,8 @@ def _args(module, argv):
 
 def test_fit_recovers_known_efficiencies():
     """Points 'measured' by a cost model with known factors are fitted back to them."""
-    truth = dict(mfu=0.45, attn_eff=0.2, mbu=0.7, step_overhead_s=2e-3, seq_overhead_s=5e-5)
+    truth = dict(mfu=0.45, attn_eff=0.2, mbu=0.7, step_overhead_s=2e-3, seq_overhead_s=5e-5,
+                 prefill_overhead_s=7e-4)
     cm_true = CostModel(GPUS["h200"], MODELS["llama-3-8b"]).with_efficiency(**truth)
     f = C.BatchFactory(num_blocks=1 << 16, block_size=16, vocab=1000)
     points = []
@@ -36,6 +37,21 @@ def test_fit_recovers_known_efficiencies():
     assert cm.eff.mfu == pytest.approx(truth["mfu"], rel=0.1)
     assert cm.eff.mbu == pytest.approx(truth["mbu"], rel=0.1)
     assert cm.eff.step_overhead_s == pytest.approx(truth["step_overhead_s"], rel=0.1)
+    assert cm.eff.prefill_overhead_s == pytest.approx(truth["prefill_overhead_s"], rel=0.2)
+
+
+def test_grid_has_serving_like_steps():
+    """The grid holds steps as the schedulers issue them: several prefill chunks (one after
+    cached context) beside a decode batch."""
+    pts = [p for p in C.grid(fast=False, max_tokens=1 << 17) if p["kind"] == "serving"]
+    assert any(len(p["chunks"]) >= 2 and p["decodes"] > 0 for p in pts)
+    assert any(ctx > 0 for p in pts for _, ctx in p["chunks"])
+    f = C.BatchFactory(num_blocks=1 << 14, block_size=16, vocab=258)
+    for p in pts:
+        b = C.build_batch(f, p)
+        assert len(b.prefills) == len(p["chunks"]) and len(b.decodes) == p["decodes"]
+        assert b.num_prefill_tokens == p["tokens"]
+        assert [(s.num_computed, n) for s, n in b.prefills] == [(c, n) for n, c in p["chunks"]]
 
 
 def test_grid_batches_have_the_requested_shapes():
@@ -55,8 +71,11 @@ def test_calibrate_on_this_cpu_writes_a_profile_the_simulator_loads(tmp_path):
     assert prof["gpu"] == "cpu" and prof["model"] == "tiny" and prof["device"] == "cpu"
     assert len(prof["points"]) == prof["fit"]["points"] >= 8
     assert all(p["measured_s"] > 0 and p["predicted_s"] > 0 for p in prof["points"])
+    assert {"serving", "decode", "prefill"} <= set(prof["fit"]["by_kind"])
+    assert prof["fit"]["max_abs_rel_error"] >= prof["fit"]["median_abs_rel_error"] >= 0
     eff = Efficiency.load(out)
-    assert 0 < eff.mfu <= 1 and eff.step_overhead_s >= 0
+    assert 0 < eff.mfu <= 1 and eff.step_overhead_s >= 0 and eff.prefill_overhead_s >= 0
+    assert "prefill_overhead_s" in prof["efficiency"]
     ServingConfig(model="tiny", gpu="cpu", profile=str(out)).validate()
 
 

@@ -263,7 +263,8 @@ def cdf_points(v: np.ndarray, max_points: int = 400) -> tuple[np.ndarray, np.nda
 
 
 def cdf(values_by_label: dict[str, np.ndarray], metric: str, widget: bool = False,
-        slo: float | None = None, clock: str | None = None, log_x: bool = False, tail: bool = False) -> go.Figure:
+        slo: float | None = None, clock: str | None = None, log_x: bool = False, tail: bool = False,
+        slo_text: str = "SLO") -> go.Figure:
     """Empirical CDFs of one latency metric, one line per label (mode); the SLO as a dashed line.
     ``tail=True`` draws the share of values *above* x on a log axis instead, where the rare long
     stalls that a CDF hides near 1.0 stand out (p99 is where the curve crosses 1%)."""
@@ -285,7 +286,7 @@ def cdf(values_by_label: dict[str, np.ndarray], metric: str, widget: bool = Fals
             y = np.maximum(1.0 - y, 0.5 / n)
         f.add_scatter(x=x * 1e3, y=y, mode="lines", name=label, line=dict(color=color_for(label, i), width=2))
     if slo is not None:
-        vline(f, slo * 1e3, f"SLO {slo * 1e3:g} ms", log=log_x)
+        vline(f, slo * 1e3, f"{slo_text} {slo * 1e3:g} ms", log=log_x)
     return f
 
 

@@ -19,6 +19,7 @@ model; every figure says so and names the model and GPU.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import replace
 from functools import lru_cache
@@ -75,11 +76,11 @@ def simulate(workload="chat-long", n: int = 200, rate: float = 6.0, seed: int = 
 
 
 class _Progress:
-    """An ipywidgets progress bar, shown only inside a notebook (and only if ``show``)."""
+    """An ipywidgets progress bar, shown only inside a live notebook (and only if ``show``)."""
 
     def __init__(self, total: int, description: str, show: bool = True):
         self.bar = None
-        if show and _in_notebook():
+        if show and _in_notebook() and not os.environ.get("PDLAB_STATIC"):
             from IPython.display import display
             self.bar = W.IntProgress(value=0, min=0, max=total, description=description,
                                      style={"description_width": "initial"},
@@ -216,7 +217,22 @@ class Dashboard:
         return ""
 
     def _repr_mimebundle_(self, **kw):
+        if os.environ.get("PDLAB_STATIC"):      # scripts/labs_html.py: a picture instead of live widgets
+            return {"text/html": self.static_html(), "text/plain": f"<{type(self).__name__}>"}
         return self.widget._repr_mimebundle_(**kw)
+
+    def static_html(self) -> str:
+        """The dashboard as HTML: its control values and its figures as PNG (needs kaleido)."""
+        import base64
+        import html as html_
+        vals = " &middot; ".join(f"{html_.escape(c.description)} = <b>{html_.escape(str(c.value))}</b>"
+                                 for c in self.controls.values())
+        parts = [f"<p><b>{html_.escape(self.title)}</b> (interactive in JupyterLab; a snapshot here)<br>{vals}</p>",
+                 f"<p>{self.status_line.value}</p>"]
+        for f in self.figures.values():
+            png = base64.b64encode(go.Figure(f).to_image(format="png", width=900)).decode()
+            parts.append(f'<img src="data:image/png;base64,{png}" style="max-width:100%">')
+        return "\n".join(parts)
 
 
 def _ms(x):
@@ -294,7 +310,7 @@ class InterferenceDashboard(Dashboard):
         gaps = viz.max_gaps(r)
         self.frozen_share = float(np.mean(gaps > self.stall_s)) if gaps.size else 0.0
         stalls = viz.cdf({self.values["mode"]: gaps}, "longest gap per request", slo=self.stall_s,
-                         clock=viz.clock_label(r))
+                         clock=viz.clock_label(r), slo_text="freeze")
         return {"raster": viz.token_raster(r, max_requests=60, t_range=window, stall_s=self.stall_s),
                 "stalls": stalls}
 

@@ -344,7 +344,8 @@ results = {"aggregated": agg, "chunked": chunked}
 summaries = {k: r.summary() for k, r in results.items()}
 for metric in ("ttft", "tpot", "itl"):
     viz.percentile_bars(summaries, metric, clock=CLOCK).show()
-viz.cdf(viz.metric_arrays(results, "itl"), "itl", clock=CLOCK, log_x=True, tail=True, slo=STALL).show()
+viz.cdf(viz.metric_arrays(results, "itl"), "itl", clock=CLOCK, log_x=True, tail=True, slo=STALL,
+        slo_text="freeze").show()
 '''),
     md('''
     *What to look for:* the tail plot draws the share of gaps **longer** than x: chunked stops

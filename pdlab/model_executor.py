@@ -39,6 +39,21 @@ def _token_ids(seq: Sequence, start: int, end: int) -> list[int]:
     return out
 
 
+def _reserve_numba_wrappers(num_layers: int) -> None:
+    """The Numba backend wraps the KV caches for its launches once and keeps the wrappers in a
+    small FIFO cache (``_numba._WRAP_CACHE_MAX`` entries). An executor launches on up to 4 views
+    per layer (write_kv's [slots, Hkv*D] and the attention kernels' flat view, K and V), so with
+    the default size every launch missed and re-wrapped (tens of microseconds each, 64 per step
+    for 16 layers). Make room for two executors' worth (disaggregated mode on one GPU); entries of
+    executors that are gone still leave first-in, first-out."""
+    try:
+        from .kernels import _numba as nb
+    except Exception:                # numba missing: the backend itself will say so
+        return
+    if hasattr(nb, "_WRAP_CACHE_MAX"):
+        nb._WRAP_CACHE_MAX = max(nb._WRAP_CACHE_MAX, 2 * 4 * num_layers + 8)
+
+
 class ModelExecutor:
     """``run(batch) -> StepResult(seconds, tokens)`` with the real model.
 
@@ -66,6 +81,8 @@ class ModelExecutor:
         for k, v in self.kv_caches[:1]:
             validate.check_cache(k, v)
         self.check_layers = check_layers
+        if backend == "numba":
+            _reserve_numba_wrappers(cfg.num_layers)
         self._pinned: torch.Tensor | None = None       # reused pinned host buffer (GPU)
         self._copy_done = None                         # event: its last copy to the device ended
         self.steps = 0

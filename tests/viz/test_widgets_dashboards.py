@@ -119,3 +119,24 @@ def test_point_percentiles():
     p = pw.point(r)
     assert p["chunk"] == 512 and p["ttft"] > 0 and p["itl"] > 0
     assert pw.point(r, itl_pct=100)["itl"] >= p["itl"]
+
+
+def test_static_mode_shows_a_snapshot(monkeypatch):
+    """scripts/labs_html.py sets PDLAB_STATIC=1: a dashboard renders as values + PNG figures."""
+    pytest.importorskip("kaleido")
+    import shutil
+    if not (shutil.which("chromium") or shutil.which("google-chrome")):
+        pytest.skip("kaleido needs a Chromium")
+    monkeypatch.setenv("PDLAB_STATIC", "1")
+    dash = pw.PiggybackDashboard()
+    bundle = dash._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" not in bundle
+    html = bundle["text/html"]
+    assert html.count("data:image/png;base64,") == len(dash.figures)
+    assert "decodes riding along = <b>32</b>" in html
+
+
+def test_live_mode_is_a_widget(monkeypatch):
+    monkeypatch.delenv("PDLAB_STATIC", raising=False)
+    dash = pw.PiggybackDashboard()
+    assert "application/vnd.jupyter.widget-view+json" in dash._repr_mimebundle_()

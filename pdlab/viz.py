@@ -69,8 +69,28 @@ def empty_widget() -> go.FigureWidget:
     return go.FigureWidget(layout=dict(template=LAYOUT["template"]))
 
 
+MODE_SHADES = {"aggregated": ["#d62728", "#ff9896", "#8c1c1c"], "chunked": ["#1f77b4", "#9ecae1", "#0b3d66"],
+               "disaggregated": ["#2ca02c", "#98df8a", "#14601a"]}
+
+
 def color_for(label: str, i: int = 0) -> str:
     return MODE_COLORS.get(str(label).split(" ")[0], PALETTE[i % len(PALETTE)])
+
+
+def palette(labels) -> dict[str, str]:
+    """A colour per label: a mode's colour for labels that start with the mode's name (a lighter or
+    darker shade for its second and third variant, e.g. "disaggregated 2:1" and "1:2"), a
+    neutral palette otherwise."""
+    out, seen = {}, {}
+    for i, label in enumerate(labels):
+        mode = str(label).split(" ")[0]
+        if mode in MODE_SHADES:
+            k = seen.get(mode, 0)
+            seen[mode] = k + 1
+            out[label] = MODE_SHADES[mode][k % 3]
+        else:
+            out[label] = PALETTE[i % len(PALETTE)]
+    return out
 
 
 def clock_label(result) -> str:
@@ -160,7 +180,8 @@ def batch_timeline(result, max_steps: int = 400, widget: bool = False,
         start, end = arr[m, 1], arr[m, 2]
         mid, width = (start + end) / 2, np.maximum(end - start, 1e-9)
         total, dec = arr[m, 3] + arr[m, 4], arr[m, 4]
-        f.add_trace(go.Bar(x=mid, y=total, width=width, marker_color=PREFILL, marker_line_width=0,
+        f.add_trace(go.Bar(x=mid, y=total, width=width, marker_color=PREFILL, marker_line_width=0.3,
+                           marker_line_color="white",
                            name="prefill tokens (bar = all tokens)", legendgroup="prefill", showlegend=(w == 0),
                            customdata=np.column_stack([arr[m, 3], dec, (end - start) * 1e3]),
                            hovertemplate="t=%{x:.3f}s: %{customdata[0]} prefill + %{customdata[1]} decode tokens,"
@@ -279,12 +300,13 @@ def cdf(values_by_label: dict[str, np.ndarray], metric: str, widget: bool = Fals
         f.update_yaxes(type="log", tickformat=".2~%")
     else:
         f.update_yaxes(range=[0, 1.02])
+    colors = palette(values_by_label)
     for i, (label, v) in enumerate(values_by_label.items()):
         x, y = cdf_points(v)
         if tail:
             n = max(1, np.isfinite(np.asarray(v, dtype=float)).sum())
             y = np.maximum(1.0 - y, 0.5 / n)
-        f.add_scatter(x=x * 1e3, y=y, mode="lines", name=label, line=dict(color=color_for(label, i), width=2))
+        f.add_scatter(x=x * 1e3, y=y, mode="lines", name=label, line=dict(color=colors[label], width=2))
     if slo is not None:
         vline(f, slo * 1e3, f"{slo_text} {slo * 1e3:g} ms", log=log_x)
     return f
@@ -297,10 +319,11 @@ def percentile_bars(summaries: dict[str, dict], metric: str, widget: bool = Fals
              yaxis_title="ms" + (" (log scale)" if log_y else ""))
     if log_y:
         f.update_yaxes(type="log")
+    colors = palette(summaries)
     for i, (label, s) in enumerate(summaries.items()):
         st = s[f"{metric}_s"]
         y = [(st[p] or 0) * 1e3 for p in ("p50", "p90", "p99")]
-        f.add_bar(x=["p50", "p90", "p99"], y=y, name=label, marker_color=color_for(label, i),
+        f.add_bar(x=["p50", "p90", "p99"], y=y, name=label, marker_color=colors[label],
                   text=[f"{v:.0f}" if v >= 10 else f"{v:.1f}" for v in y], textposition="outside")
     if slo is not None:
         hline(f, slo * 1e3, f"SLO {slo * 1e3:g} ms", log=log_y)
@@ -347,6 +370,7 @@ def slo_curves(rates, summaries_by_label: dict[str, list[dict]], slos, per_gpu: 
              margin=dict(l=60, r=20, t=90, b=90), legend=dict(orientation="h", y=-0.22, x=0.5, xanchor="center",
                                                                yanchor="top"))
     rates = np.asarray(rates, dtype=float)
+    colors = palette(summaries_by_label)
     for j, slo in enumerate(slos):
         for i, (label, sums) in enumerate(summaries_by_label.items()):
             x = rates / (per_gpu or {}).get(label, 1)
@@ -355,9 +379,9 @@ def slo_curves(rates, summaries_by_label: dict[str, list[dict]], slos, per_gpu: 
                 row = s["slo_attainment"]["slos"][j]
                 y.append(row["value_s"] * 1e3 if row["value_s"] is not None else np.nan)
             f.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=label, legendgroup=label,
-                                   showlegend=(j == 0), line=dict(color=color_for(label, i))), row=1, col=j + 1)
+                                   showlegend=(j == 0), line=dict(color=colors[label])), row=1, col=j + 1)
             if goodputs and label in goodputs and goodputs[label] > 0:
-                f.add_vline(x=goodputs[label], line_dash="dot", line_color=color_for(label, i), row=1, col=j + 1)
+                f.add_vline(x=goodputs[label], line_dash="dot", line_color=colors[label], row=1, col=j + 1)
         hline(f, slo.seconds * 1e3, f"SLO {slo.seconds * 1e3:g} ms", log=True, col=j + 1)
         f.update_yaxes(type="log", title_text="ms (log scale)" if j == 0 else None, row=1, col=j + 1)
         f.update_xaxes(title_text="requests/s" + (" per GPU" if per_gpu else ""), row=1, col=j + 1)
@@ -371,7 +395,8 @@ def goodput_bars(goodput_per_gpu: dict[str, float], widget: bool = False, clock:
     f = _fig(widget, title=_subtitle(title, clock), yaxis_title="requests/s per GPU meeting the SLOs")
     labels = list(goodput_per_gpu)
     y = [goodput_per_gpu[k] for k in labels]
-    f.add_bar(x=labels, y=y, marker_color=[color_for(k, i) for i, k in enumerate(labels)],
+    colors = palette(labels)
+    f.add_bar(x=labels, y=y, marker_color=[colors[k] for k in labels],
               text=[f"{v:.2f}" for v in y], textposition="outside", showlegend=False)
     return f
 
@@ -489,8 +514,9 @@ def sweep_lines(x, ys: dict[str, list], title: str, xaxis_title: str, yaxis_titl
         f.update_xaxes(type="log")
     if log_y:
         f.update_yaxes(type="log")
-    for i, (label, y) in enumerate(ys.items()):
-        f.add_scatter(x=list(x), y=list(y), mode="lines+markers", name=label, line=dict(color=color_for(label, i)))
+    colors = palette(ys)
+    for label, y in ys.items():
+        f.add_scatter(x=list(x), y=list(y), mode="lines+markers", name=label, line=dict(color=colors[label]))
     for label, y in (hlines or {}).items():
         hline(f, y, label, log=log_y)
     return f
@@ -503,7 +529,8 @@ def value_bars(values: dict[str, float], title: str, yaxis_title: str, clock: st
     f = _fig(widget, title=_subtitle(title, clock), yaxis_title=yaxis_title)
     labels = list(values)
     y = [values[k] for k in labels]
-    f.add_bar(x=labels, y=y, marker_color=[(colors or {}).get(k, color_for(k, i)) for i, k in enumerate(labels)],
+    auto = palette(labels)
+    f.add_bar(x=labels, y=y, marker_color=[(colors or {}).get(k, auto[k]) for k in labels],
               text=[fmt.format(v) for v in y], textposition="outside", showlegend=False)
     if log_y:
         f.update_yaxes(type="log")

@@ -32,10 +32,12 @@ LABS = ROOT / "labs"
 SITE = ROOT / "site"
 
 KALEIDO_CELL = """\
-# (static build only) one kaleido browser for every figure of this notebook
+# (static build only) one kaleido browser for every figure of this notebook; pictures 900 px wide
 import kaleido, warnings
+import plotly.io as pio
 warnings.filterwarnings("ignore", message="The kopts argument is ignored")
-kaleido.start_sync_server(silence_warnings=True)"""
+kaleido.start_sync_server(silence_warnings=True)
+pio.renderers["png"].width = 900"""
 
 
 def _env(fast: bool) -> dict:

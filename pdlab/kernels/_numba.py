@@ -5,9 +5,11 @@ keeps working on machines where numba is missing or broken.
 
 - the numpy-2.5 shim (applied before the first compile),
 - simulator detection (``NUMBA_ENABLE_CUDASIM=1``: kernels run as Python threads on the CPU),
-- ``kernel(...)``: ``cuda.jit`` with GPU-only options kept away from the simulator,
+- ``kernel(...)``: ``cuda.jit`` with GPU-only options (fastmath, lineinfo, a register cap) kept
+  away from the simulator,
 - device helpers with two bodies: a fast GPU one and a plain-Python simulator one
-  (16-byte loads, fp16/bf16 unpacking, the lane reduction that needs warp shuffles),
+  (16-byte loads of fp16/bf16 bits and of fp32, fp16/bf16 unpacking and packing, the lane
+  sum/max that need warp shuffles),
 - torch <-> Numba array wrapping (cached, so persistent tensors are wrapped once),
 - the stream Numba launches on (torch's current stream, so CUDA-graph capture sees it).
 """
@@ -34,15 +36,18 @@ SIM: bool = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") == "1"
 NEG = float32(-1e30)  # "minus infinity" for masked scores; finite so fastmath stays valid
 
 
-def kernel(fn=None, *, sig=None):
+def kernel(fn=None, *, sig=None, max_registers=None):
     """``cuda.jit`` for a kernel. On a GPU: fastmath (fast exp, fused multiply-add) and lineinfo
     (source lines in profilers), compiled eagerly when ``sig`` is given (cheaper launches).
+    ``max_registers`` caps registers per thread (more blocks fit on an SM; too low a cap spills).
     The simulator rejects those options, so it gets a bare ``cuda.jit``."""
 
     def wrap(f):
         if SIM:
             return cuda.jit(f)
         opts = dict(fastmath=True, lineinfo=True)
+        if max_registers:
+            opts["max_registers"] = max_registers
         return cuda.jit(sig, **opts)(f) if sig is not None else cuda.jit(**opts)(f)
 
     return wrap(fn) if fn is not None else wrap
@@ -164,6 +169,46 @@ def _unpack2_sim_f16(word):
     return (np.float32(w[0:1].view(np.float16)[0]), np.float32(w[1:2].view(np.float16)[0]))
 
 
+def _make_load4f_gpu():
+    from llvmlite import ir
+    from numba import types
+    from numba.cuda import cgutils
+    from numba.cuda.extending import intrinsic
+
+    @intrinsic
+    def load4f(typingctx, arr, idx):
+        # arr: 1-D float32 array (shared or global), 16-byte aligned; idx: a multiple of 4
+        sig = types.UniTuple(types.float32, 4)(arr, idx)
+
+        def codegen(context, builder, signature, args):
+            arrty, idxty = signature.args
+            aval, ival = args
+            ival = context.cast(builder, ival, idxty, types.intp)
+            ary = context.make_array(arrty)(context, builder, aval)
+            ptr = cgutils.get_item_pointer(context, builder, arrty, ary, [ival], wraparound=False)
+            i32, f32 = ir.IntType(32), ir.FloatType()
+            vec = builder.load(builder.bitcast(ptr, ir.VectorType(f32, 4).as_pointer()), align=16)
+            vals = [builder.extract_element(vec, ir.Constant(i32, w)) for w in range(4)]
+            return context.make_tuple(builder, signature.return_type, vals)
+
+        return sig, codegen
+
+    return load4f
+
+
+def _load4f_sim(arr, idx):
+    return (arr[idx], arr[idx + 1], arr[idx + 2], arr[idx + 3])
+
+
+def load4f():
+    """4 consecutive fp32 values ``arr[idx:idx+4]`` in one 16-byte load (``ld.v4.f32``): register-
+    tiled kernels read their shared-memory operands this way, 4x fewer load instructions.
+    ``arr`` must be 16-byte aligned (``cuda.shared.array(..., alignment=16)``), ``idx % 4 == 0``."""
+    if SIM:
+        return _load4f_sim
+    return _make_load4f_gpu()
+
+
 def load16(wide: bool = True):
     """8 consecutive 16-bit values at ``arr[idx:idx+8]`` as 4 int32 words: one 16-byte load
     (``wide``), or eight 2-byte loads."""
@@ -177,6 +222,56 @@ def unpack2(kind: str):
     if SIM:
         return _unpack2_sim_bf16 if kind == "bf16" else _unpack2_sim_f16
     return _make_unpack2_gpu(kind)
+
+
+def _make_pack1_gpu(kind: str):
+    from llvmlite import ir
+    from numba import types
+    from numba.cuda.extending import intrinsic
+
+    @intrinsic
+    def pack1(typingctx, x):
+        # fp32 -> the 16 bits of an fp16/bf16 value (round to nearest even), as an int16
+        sig = types.int16(types.float32)
+
+        def codegen(context, builder, signature, args):
+            (v,) = args
+            i32, i16 = ir.IntType(32), ir.IntType(16)
+            if kind == "bf16":  # keep the top half, rounded: + 0x7FFF + (lowest kept bit)
+                b = builder.bitcast(v, i32)
+                odd = builder.and_(builder.lshr(b, ir.Constant(i32, 16)), ir.Constant(i32, 1))
+                b = builder.add(b, builder.add(odd, ir.Constant(i32, 0x7FFF)))
+                return builder.trunc(builder.lshr(b, ir.Constant(i32, 16)), i16)
+            return builder.bitcast(builder.fptrunc(v, ir.HalfType()), i16)   # cvt.rn.f16.f32
+
+        return sig, codegen
+
+    return pack1
+
+
+def _pack1_sim_bf16(x):
+    b = np.array([x], dtype=np.float32).view(np.uint32).astype(np.uint64)
+    b = (b + 0x7FFF + ((b >> 16) & 1)) >> 16
+    return b.astype(np.uint16).view(np.int16)[0]
+
+
+def _pack1_sim_f16(x):
+    return np.array([x], dtype=np.float16).view(np.int16)[0]
+
+
+def _pack1_f32(x):
+    return x
+
+
+def pack1(kind: str):
+    """fp32 -> what an output array of ``kind`` stores: the value itself for "f32", the 16 bits of
+    the rounded fp16/bf16 value (an int16; the tensor is viewed as int16) for "f16"/"bf16". Lets a
+    kernel write its output in the caller's dtype instead of leaving a conversion to torch."""
+    if kind == "f32":
+        return _pack1_f32 if SIM else cuda.jit(device=True, inline="always")(_pack1_f32)
+    if SIM:
+        return _pack1_sim_bf16 if kind == "bf16" else _pack1_sim_f16
+    return _make_pack1_gpu(kind)
 
 
 def load1(kind: str):
@@ -228,6 +323,46 @@ def lane_sum(width: int):
 
         return cuda.jit(device=True, inline="always")(gpu8)
     raise ValueError(f"lane_sum: unsupported width {width} (steps {steps})")
+
+
+def lane_max(width: int):
+    """Like ``lane_sum``, but the maximum over a group of ``width`` (8 or 16) neighbouring lanes."""
+    if SIM:
+
+        def lane_max_sim(x):
+            t = threading.current_thread()
+            buf = t._manager.__dict__.setdefault("_pdlab_lane_buf", {})
+            buf[t.thread_id] = np.float32(x)
+            t.syncthreads()
+            first = t.thread_id - t.thread_id % width
+            m = buf[first]
+            for i in range(first + 1, first + width):
+                m = max(m, buf[i])
+            t.syncthreads()
+            return m
+
+        return lane_max_sim
+
+    if width == 16:
+
+        def gpu16(x):
+            x = max(x, cuda.shfl_xor_sync(0xFFFFFFFF, x, 8))
+            x = max(x, cuda.shfl_xor_sync(0xFFFFFFFF, x, 4))
+            x = max(x, cuda.shfl_xor_sync(0xFFFFFFFF, x, 2))
+            x = max(x, cuda.shfl_xor_sync(0xFFFFFFFF, x, 1))
+            return x
+
+        return cuda.jit(device=True, inline="always")(gpu16)
+    if width == 8:
+
+        def gpu8(x):
+            x = max(x, cuda.shfl_xor_sync(0xFFFFFFFF, x, 4))
+            x = max(x, cuda.shfl_xor_sync(0xFFFFFFFF, x, 2))
+            x = max(x, cuda.shfl_xor_sync(0xFFFFFFFF, x, 1))
+            return x
+
+        return cuda.jit(device=True, inline="always")(gpu8)
+    raise ValueError(f"lane_max: unsupported width {width}")
 
 
 # ---------------------------------------------------------------------------------------------

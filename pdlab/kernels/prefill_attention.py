@@ -5,21 +5,32 @@ chunk of one) whose K/V, and the K/V of everything before them, are already in t
 Query i of sequence s sits at position seq_len_s - q_len_s + i and attends to keys 0..position.
 
 Work split: one thread block per (query head, tile of BM queries, sequence). The block walks the
-keys in tiles of BN (only up to its last query's position: causal), and for each tile
+keys in tiles of BN (only up to its last query's position: causal). Its THREADS threads form a
+(THREADS/16) x 16 grid, thread (ty, tx); like an SGEMM micro-kernel, each thread owns a small
+register tile of every matrix product:
 
-  1. S = Q K^T for the BM x BN tile, accumulated in registers: each thread owns an RM x (BN/16)
-     piece of S and reads Q and K^T chunks of DC dims from shared memory (register tiling: every
-     value loaded from shared memory feeds several multiply-adds),
-  2. masks (causal, sequence end), and updates the online softmax per row (running max m,
-     running sum l; the rescale factor alpha is applied to the output accumulators),
-  3. O += P V, again register-tiled: each thread owns RM rows x D/16 dims of the output.
+  1. S = (scale Q) K^T for the BM x BN tile. Thread (ty, tx) owns rows ty*RM .. ty*RM+RM-1 and
+     keys tx*CN .. tx*CN+CN-1 (e.g. 8 x 4). Q^T and K^T are staged in shared memory DC dims at a
+     time; per dim the thread reads its RM + CN operands with 16-byte loads (``load4f``) and does
+     RM * CN multiply-adds (register tiling: each loaded value feeds several multiply-adds).
+     K comes from the pages with 16-byte loads (8 fp16/bf16 values) and is widened to fp32.
+  2. Online softmax, in registers: the 16 threads that share a row (one half-warp) agree on the
+     row max with warp shuffles (``lane_max``), rescale their output rows by
+     alpha = exp(m_old - m_new) and keep a *partial* row sum l each (summed across the 16 lanes
+     only once, at the end). The probabilities P go to shared memory, transposed.
+  3. O += P V: thread (ty, tx) owns rows ty*RM.. and output dims tx*TD .. tx*TD+TD-1 (8 x 8 for
+     head dim 128); V is staged VH keys at a time.
 
-No tensor cores: Numba cannot reach them, so this runs on the fp32 CUDA cores (H200: 67 TFLOP/s
-peak, versus ~990 on tensor cores that SDPA uses). That gap is the lesson, not a bug. Measured on
-an H200 (bench/results/kernels-h200-2026-11-29.json): 5.9 TFLOP/s for a causal 4096-token prompt
-(SDPA: 530). The kernel uses 216 registers per thread, so only 2 blocks (8 warps) fit on an SM,
-and the per-row softmax runs on half the threads between barriers: occupancy and barriers, not
-the multiply-adds, bound it.
+Everything is fp32 (the cache is widened on load). No tensor cores: Numba cannot reach them, so
+this runs on the fp32 CUDA cores (H200: 67 TFLOP/s peak, versus ~990 on the tensor cores that
+SDPA uses). That gap is the lesson, not a bug. Shared memory is static and so limited to 48 KB
+per block, which is what fixes the tile shapes.
+
+Measured on an H200 (bench/results/kernels-h200-2026-11-29.json): 21.4 TFLOP/s for a causal
+4096-token prompt (SDPA: 526), 18.7 for a 512-token chunk after 3584 cached tokens. The kernel
+uses 231 registers per thread (the 8 x 8 output tile alone is 64), so 2 blocks (8 warps) share
+an SM. Capping registers to fit 3 blocks (spills) gained 1% at 4096 tokens and lost 18% at 512;
+256-thread blocks were slower too.
 """
 
 from __future__ import annotations
@@ -31,14 +42,15 @@ import torch
 
 from . import _numba as nb
 from . import validate
-from ._numba import SIM, cuda, float32
+from ._numba import SIM, cuda, float32, int32
 
-# Tile shape. The simulator runs one OS thread per CUDA thread and pays per padded multiply-add,
-# so it uses small tiles; the GPU uses 64 x 64 tiles and 128 threads.
-# (threads, BM queries, BN keys, DC dims per Q/K chunk, VH keys per V half-tile)
-TILE = (32, 16, 16, 32, 16) if SIM else (128, 64, 64, 32, 32)
+# Tile shape: (threads, BM queries, BN keys, DC dims per Q/K chunk, VH keys per V chunk).
+# The simulator runs one OS thread per CUDA thread, so it gets 32 threads and 16 queries.
+TILE = (32, 16, 64, 32, 32) if SIM else (128, 64, 64, 32, 32)
 THREADS, BM, BN, DC, VH = TILE
+MAX_REGISTERS = None      # registers per thread left to the compiler (bench/kernels.py tries caps)
 HEAD_DIMS = (64, 128)
+ALIGN = None if SIM else 16   # 16-byte aligned shared arrays for load4f (the simulator refuses it)
 
 
 def _kind(cache) -> str:
@@ -46,59 +58,67 @@ def _kind(cache) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def prefill_kernel(kind: str, head_dim: int, group: int, block_size: int, tile: tuple = TILE):
+def prefill_kernel(kind: str, head_dim: int, group: int, block_size: int, tile: tuple = TILE,
+                   max_registers=MAX_REGISTERS):
     D, G, BS = head_dim, group, block_size
     THREADS, BM, BN, DC, VH = tile
-    TY = THREADS // 16           # thread rows: thread (ty, tx) with tx = tid % 16
-    RM = BM // TY                # query rows per thread: ty, ty + TY, ...
-    CN = BN // 16                # keys per thread in S: tx, tx + 16, ...
-    TD = D // 16                 # output dims per thread: tx, tx + 16, ...
-    QP, KP = BM + 1, BN + 1      # padded row lengths: the +1 spreads columns over the 32 banks
-    KOFF = DC * QP               # K^T chunk sits after the Q^T chunk in the shared buffer
-    BUF = max(DC * QP + DC * KP, VH * D)
+    TY = THREADS // 16           # thread (ty, tx): tx = tid % 16, the 16 lanes of a half-warp
+    RM = BM // TY                # query rows per thread:   ty*RM .. ty*RM + RM-1
+    CN = BN // 16                # keys per thread in S:    tx*CN .. tx*CN + CN-1
+    TD = D // 16                 # output dims per thread:  tx*TD .. tx*TD + TD-1
+    assert RM % 4 == 0 and CN % 4 == 0 and TD % 4 == 0, "register tiles are read 4 values at a time"
+    assert D % DC == 0 and DC % 8 == 0 and BN % VH == 0
+    QP, KP, PP = BM + 4, BN + 4, BM + 4   # padded rows: fewer bank conflicts, still 16-byte aligned
+    AL = ALIGN                   # 16: shared arrays read with load4f must be 16-byte aligned
+    KOFF = DC * QP               # K^T chunk [DC][KP] sits after the Q^T chunk [DC][QP]
+    BUF = max(DC * QP + DC * KP, VH * D)  # ... and a V chunk [VH][D] reuses the same space
+    PTN = BN * PP                # P^T [BN][PP]
     NEG = nb.NEG
-    load1 = nb.load1(kind)
-    cache_t = "int16" if kind == "bf16" else "float16"
+    load16 = nb.load16()         # 8 fp16/bf16 cache values in one 16-byte load
+    unpack2 = nb.unpack2(kind)   # int32 word -> 2 fp32
+    load4f = nb.load4f()         # 4 fp32 in one 16-byte load
+    row_max = nb.lane_max(16)    # max / sum over the 16 lanes that share a query row
+    row_sum = nb.lane_sum(16)
     sig = None if SIM else (
-        f"void(float32[:, :, ::1], {cache_t}[::1], {cache_t}[::1], int32[:, ::1], int32[::1], "
+        "void(float32[::1], int16[::1], int16[::1], int32[:, ::1], int32[::1], "
         "int32[::1], float32, float32[:, :, ::1])")
 
-    @nb.kernel(sig=sig)
+    @nb.kernel(sig=sig, max_registers=max_registers)
     def prefill_kernel(q, k_cache, v_cache, block_tables, cu_seqlens_q, seq_lens, scale, out):
-        # q            [total_q, H, D]          fp32 queries of all chunks, back to back
-        # k/v_cache    [num_slots * Hkv * D]    flat paged cache (fp16, or bf16 bits as int16)
+        # q            [total_q * H * D]        fp32 queries of all chunks, back to back (flat)
+        # k/v_cache    [num_slots * Hkv * D]    flat paged cache, 16-bit values as int16
         # block_tables [S, max_blocks] int32;  cu_seqlens_q [S+1] int32;  seq_lens [S] int32
         # out          [total_q, H, D]          fp32
         h = cuda.blockIdx.x
         s = cuda.blockIdx.z
+        H = cuda.gridDim.x
         q_start = cu_seqlens_q[s]
         q_len = cu_seqlens_q[s + 1] - q_start
         q0 = (cuda.gridDim.y - 1 - cuda.blockIdx.y) * BM   # last tiles (most keys) launch first
         if q0 >= q_len:
             return                                          # whole block leaves: no sync skipped
-        hkv = cuda.gridDim.x // G                           # grid.x = H = G * Hkv
+        hkv = H // G
         kvh = h // G
         ctx0 = seq_lens[s] - q_len                          # position of this chunk's first query
         kv_hi = ctx0 + min(q0 + BM, q_len)                  # keys this tile needs: [0, kv_hi)
         tid = cuda.threadIdx.x
-        ty = tid // 16
-        tx = tid % 16
+        r0 = (tid // 16) * RM    # this thread's first query row (of the tile)
+        c0 = (tid % 16) * CN     # its first key column of S
+        d0 = (tid % 16) * TD     # its first output dim
 
-        buf = cuda.shared.array(BUF, float32)       # Q^T|K^T chunks, later a half tile of V
-        ss = cuda.shared.array((BM, KP), float32)   # scores S, then probabilities P
-        m_s = cuda.shared.array(BM, float32)        # running max per query row
-        l_s = cuda.shared.array(BM, float32)        # running sum per query row
-        a_s = cuda.shared.array(BM, float32)        # this tile's rescale factor per row
+        buf = cuda.shared.array(BUF, float32, alignment=AL)       # Q^T | K^T chunks, later a V chunk
+        pt = cuda.shared.array(PTN, float32, alignment=AL)       # P^T [BN][PP]: probabilities
         sacc = cuda.local.array((RM, CN), float32)  # this thread's piece of S
-        acc = cuda.local.array((RM, TD), float32)   # this thread's piece of O
+        acc = cuda.local.array((RM, TD), float32)   # this thread's piece of O (unnormalised)
+        m = cuda.local.array(RM, float32)           # running max of each of its rows
+        l = cuda.local.array(RM, float32)           # running sum over *its* columns of each row
         a = cuda.local.array(RM, float32)
-        b = cuda.local.array(TD, float32)
+        b = cuda.local.array(TD if TD > CN else CN, float32)
         for i in range(RM):
+            m[i] = NEG
+            l[i] = float32(0)
             for j in range(TD):
                 acc[i, j] = float32(0)
-        if tid < BM:
-            m_s[tid] = NEG
-            l_s[tid] = float32(0)
 
         for k0 in range(0, kv_hi, BN):
             for i in range(RM):
@@ -106,90 +126,96 @@ def prefill_kernel(kind: str, head_dim: int, group: int, block_size: int, tile: 
                     sacc[i, j] = float32(0)
             # ---- 1. S = (scale * Q) K^T, DC dims at a time --------------------------------
             for dc in range(0, D, DC):
-                for e in range(tid, BM * DC, THREADS):       # Q^T chunk [DC][BM]
-                    r = e // DC
-                    dd = e % DC                               # consecutive threads: consecutive d
-                    val = float32(0)
+                for e in range(tid, BM * (DC // 4), THREADS):    # Q^T chunk [DC][BM], 4 dims/load
+                    r = e // (DC // 4)
+                    dd = (e % (DC // 4)) * 4
+                    x0 = x1 = x2 = x3 = float32(0)
                     if q0 + r < q_len:
-                        val = q[q_start + q0 + r, h, dc + dd] * scale
-                    buf[dd * QP + r] = val
-                for e in range(tid, BN * DC, THREADS):       # K^T chunk [DC][BN], from the pages
-                    c = e // DC
-                    dd = e % DC
+                        x0, x1, x2, x3 = load4f(q, ((q_start + q0 + r) * H + h) * D + dc + dd)
+                    buf[(dd + 0) * QP + r] = x0 * scale
+                    buf[(dd + 1) * QP + r] = x1 * scale
+                    buf[(dd + 2) * QP + r] = x2 * scale
+                    buf[(dd + 3) * QP + r] = x3 * scale
+                for e in range(tid, BN * (DC // 8), THREADS):    # K^T chunk [DC][BN], 8 dims/load
+                    c = e // (DC // 8)
+                    dd = (e % (DC // 8)) * 8
                     pos = k0 + c
-                    val = float32(0)
+                    kw = (int32(0), int32(0), int32(0), int32(0))
                     if pos < kv_hi:
-                        slot = block_tables[s, pos // BS] * BS + pos % BS
-                        val = load1(k_cache[(slot * hkv + kvh) * D + dc + dd])
-                    buf[KOFF + dd * KP + c] = val
+                        slot = block_tables[s, pos // BS] * BS + pos % BS   # paging
+                        kw = load16(k_cache, (slot * hkv + kvh) * D + dc + dd)
+                    for w in range(4):
+                        lo, hi = unpack2(kw[w])
+                        buf[KOFF + (dd + 2 * w) * KP + c] = lo
+                        buf[KOFF + (dd + 2 * w + 1) * KP + c] = hi
                 cuda.syncthreads()
-                for dd in range(DC):
-                    for i in range(RM):
-                        a[i] = buf[dd * QP + ty + TY * i]
-                    for j in range(CN):
-                        b[j] = buf[KOFF + dd * KP + tx + 16 * j]
-                    for i in range(RM):
-                        for j in range(CN):
-                            sacc[i, j] += a[i] * b[j]
+                for d4 in range(0, DC, 2):           # the micro-kernel: RM x CN outer products
+                    for u in range(2):               # (2 per trip: less loop overhead)
+                        dd = d4 + u
+                        for i in range(0, RM, 4):
+                            a[i], a[i + 1], a[i + 2], a[i + 3] = load4f(buf, dd * QP + r0 + i)
+                        for j in range(0, CN, 4):
+                            b[j], b[j + 1], b[j + 2], b[j + 3] = load4f(buf, KOFF + dd * KP + c0 + j)
+                        for i in range(RM):
+                            for j in range(CN):
+                                sacc[i, j] += a[i] * b[j]
                 cuda.syncthreads()
-            # ---- 2. mask, stage S in shared memory, start loading V -----------------------
+            # ---- 2. mask and online softmax, in registers --------------------------------
             for i in range(RM):
-                r = ty + TY * i
+                r = r0 + i
                 qpos = ctx0 + q0 + r
+                mx = NEG
                 for j in range(CN):
-                    c = tx + 16 * j
-                    ok = (k0 + c <= qpos) and (q0 + r < q_len)   # causal (implies < seq_len)
-                    ss[r, c] = sacc[i, j] if ok else NEG
-            for half in range(0, BN, VH):
-                for e in range(tid, VH * D, THREADS):        # V rows [VH][D] of this half
-                    c = e // D
-                    dd = e % D
-                    pos = k0 + half + c
-                    val = float32(0)
+                    if k0 + c0 + j <= qpos and q0 + r < q_len:   # causal (implies < seq_len)
+                        mx = max(mx, sacc[i, j])
+                    else:
+                        sacc[i, j] = NEG
+                mx = max(m[i], row_max(mx))          # the row's new max, same on its 16 lanes
+                alpha = math.exp(m[i] - mx)          # rescale what was summed so far
+                m[i] = mx
+                tot = l[i] * alpha
+                for j in range(CN):
+                    sv = sacc[i, j]
+                    p = math.exp(sv - mx) if sv > NEG else float32(0)
+                    tot += p
+                    pt[(c0 + j) * PP + r] = p
+                l[i] = tot
+                for j in range(TD):
+                    acc[i, j] *= alpha
+            # ---- 3. O += P V, VH keys at a time ------------------------------------------
+            for vh in range(0, BN, VH):
+                for e in range(tid, VH * (D // 8), THREADS):     # V chunk [VH][D], 8 dims/load
+                    c = e // (D // 8)
+                    dd = (e % (D // 8)) * 8
+                    pos = k0 + vh + c
+                    vw = (int32(0), int32(0), int32(0), int32(0))
                     if pos < kv_hi:
                         slot = block_tables[s, pos // BS] * BS + pos % BS
-                        val = load1(v_cache[(slot * hkv + kvh) * D + dd])
-                    buf[c * D + dd] = val
-                cuda.syncthreads()
-                if half == 0:
-                    # online softmax, one thread per query row
-                    if tid < BM:
-                        m_old = m_s[tid]
-                        mx = m_old
-                        for c in range(BN):
-                            mx = max(mx, ss[tid, c])
-                        alpha = math.exp(m_old - mx)
-                        tot = float32(0)
-                        for c in range(BN):
-                            sv = ss[tid, c]
-                            p = math.exp(sv - mx) if sv > NEG else float32(0)
-                            ss[tid, c] = p
-                            tot += p
-                        l_s[tid] = l_s[tid] * alpha + tot
-                        m_s[tid] = mx
-                        a_s[tid] = alpha
-                    cuda.syncthreads()
-                    for i in range(RM):
-                        al = a_s[ty + TY * i]
-                        for j in range(TD):
-                            acc[i, j] *= al
-                # ---- 3. O += P V for this half of the key tile ---------------------------
-                for c in range(VH):
-                    for i in range(RM):
-                        a[i] = ss[ty + TY * i, half + c]
-                    for j in range(TD):
-                        b[j] = buf[c * D + tx + 16 * j]
-                    for i in range(RM):
-                        for j in range(TD):
-                            acc[i, j] += a[i] * b[j]
+                        vw = load16(v_cache, (slot * hkv + kvh) * D + dd)
+                    for w in range(4):
+                        lo, hi = unpack2(vw[w])
+                        buf[c * D + dd + 2 * w] = lo
+                        buf[c * D + dd + 2 * w + 1] = hi
+                cuda.syncthreads()                   # V chunk and P are in shared memory
+                for c4 in range(0, VH, 2):           # the micro-kernel: RM x TD outer products
+                    for u in range(2):
+                        c = c4 + u
+                        for i in range(0, RM, 4):
+                            a[i], a[i + 1], a[i + 2], a[i + 3] = load4f(pt, (vh + c) * PP + r0 + i)
+                        for j in range(0, TD, 4):
+                            b[j], b[j + 1], b[j + 2], b[j + 3] = load4f(buf, c * D + d0 + j)
+                        for i in range(RM):
+                            for j in range(TD):
+                                acc[i, j] += a[i] * b[j]
                 cuda.syncthreads()
 
         for i in range(RM):
-            r = ty + TY * i
+            tot = row_sum(l[i])               # the row's full sum (every lane calls: shuffles)
+            r = r0 + i
             if q0 + r < q_len:
-                inv = float32(1) / l_s[r]     # > 0: every query sees at least key 0
+                inv = float32(1) / tot        # > 0: every query sees at least key 0
                 for j in range(TD):
-                    out[q_start + q0 + r, h, tx + 16 * j] = acc[i, j] * inv
+                    out[q_start + q0 + r, h, d0 + j] = acc[i, j] * inv
 
     return prefill_kernel
 
@@ -203,9 +229,10 @@ def check_supported(head_dim: int, group: int) -> None:
 
 
 def prefill_attention(q, k_cache, v_cache, block_tables, cu_seqlens_q, seq_lens, scale,
-                      max_q_len=None, check=True, tile=None):
+                      max_q_len=None, check=True, tile=None, max_registers=MAX_REGISTERS):
     """q [total_q, H, D] -> out [total_q, H, D] (q's dtype). ``max_q_len`` (the longest chunk)
-    sizes the grid; it is read from cu_seqlens_q when not given."""
+    sizes the grid; it is read from cu_seqlens_q when not given (a host sync). ``tile`` and
+    ``max_registers`` override the kernel's tile shape and register cap (benchmarks)."""
     if check:
         _, mq = validate.check_prefill(q, k_cache, v_cache, block_tables, cu_seqlens_q, seq_lens, scale)
         max_q_len = max_q_len if max_q_len is not None else mq
@@ -222,9 +249,13 @@ def prefill_attention(q, k_cache, v_cache, block_tables, cu_seqlens_q, seq_lens,
     tile = tuple(tile or TILE)
     threads, bm = tile[0], tile[1]
     tiles = -(-max_q_len // bm)
-    k = prefill_kernel(_kind(k_cache), d, H // hkv, bs, tile)
+    q32 = q.float().contiguous().view(-1)
+    if q32.data_ptr() % 16:                   # an odd view: the kernel reads q 16 bytes at a time
+        q32 = q32.clone()
+    k = prefill_kernel(_kind(k_cache), d, H // hkv, bs, tile, max_registers)
     k[(H, tiles, num_seqs), threads, nb.stream()](
-        nb.as_numba(q.float().contiguous()), nb.as_numba(k_cache.view(-1), persistent=True),
-        nb.as_numba(v_cache.view(-1), persistent=True), nb.as_numba(block_tables),
+        nb.as_numba(q32),
+        nb.as_numba(k_cache.view(torch.int16).view(-1), persistent=True),
+        nb.as_numba(v_cache.view(torch.int16).view(-1), persistent=True), nb.as_numba(block_tables),
         nb.as_numba(cu_seqlens_q), nb.as_numba(seq_lens), float32(scale), nb.as_numba(out32))
     return out32.to(q.dtype)

@@ -60,6 +60,55 @@ def test_random_shapes(nbk):
                                    **TOL[kw["dtype"]], msg=msg)
 
 
+@pytest.mark.parametrize("q_dtype", [torch.float32, torch.float16])
+def test_decode_q_dtype_differs_from_cache(nbk, q_dtype):
+    """q is read in its own dtype by the kernel (fp32, or 16-bit bits), whatever the cache holds."""
+    c = make_case([1, 300, 2049], None, 8, 4, 128, 16, torch.bfloat16, device="cuda", seed=15)
+    q = c.q_decode.to(q_dtype)
+    out = nbk.decode_attention(q, c.k_cache, c.v_cache, c.block_tables, c.seq_lens, c.scale)
+    assert out.dtype == q_dtype
+    torch.testing.assert_close(out.float().cpu(), ref.decode(q, c.ks, c.vs, c.scale), **TOL[torch.bfloat16])
+
+
+def test_decode_variants_agree(nbk):
+    """The benchmark's variants (rescale every step, unroll 4, more splits) give the same answer."""
+    from pdlab.kernels import decode_attention as da
+
+    c = make_case([5000, 17, 1024], None, 8, 4, 128, 16, torch.bfloat16, device="cuda", seed=16)
+    exp = ref.decode(c.q_decode, c.ks, c.vs, c.scale)
+    try:
+        for lazy, unroll, splits in [(False, 2, None), (True, 3, 7), (True, 2, 1), (True, 4, 2)]:
+            da.LAZY_RESCALE = lazy
+            out = nbk.decode_attention(c.q_decode, c.k_cache, c.v_cache, c.block_tables, c.seq_lens, c.scale,
+                                       num_splits=splits, unroll=unroll)
+            torch.testing.assert_close(out.float().cpu(), exp, **TOL[torch.bfloat16], msg=f"{lazy} {unroll}")
+    finally:
+        da.LAZY_RESCALE = True
+
+
+@pytest.mark.parametrize("block_size", [8, 12])
+def test_decode_pages_smaller_than_a_row_group(nbk, block_size):
+    """head dim 64: 16 token rows per step, more than a page: the per-token page lookup."""
+    c = make_case([1, 333, 1200], None, 2, 8, 64, block_size, torch.float16, device="cuda", seed=18)
+    for splits in (None, 1, 5):
+        out = nbk.decode_attention(c.q_decode, c.k_cache, c.v_cache, c.block_tables, c.seq_lens, c.scale,
+                                   num_splits=splits)
+        torch.testing.assert_close(out.float().cpu(), ref.decode(c.q_decode, c.ks, c.vs, c.scale),
+                                   **TOL[torch.float16])
+
+
+def test_prefill_tile_variants(nbk):
+    """Every tile shape / register cap the benchmark tries is correct (ragged, chunked, GQA 4)."""
+    c = make_case([1000, 130], [1000, 70], 8, 4, 128, 16, torch.bfloat16, device="cuda", seed=17)
+    exp = ref.prefill(c.q_prefill, c.ks, c.vs, c.cu_seqlens_q.cpu(), c.scale)
+    variants = [((128, 64, 64, 32, 32), None), ((128, 64, 64, 32, 32), 168),   # bench/kernels.py's
+                ((256, 64, 64, 32, 32), None), ((256, 64, 64, 32, 32), 128), ((128, 32, 64, 32, 32), 128)]
+    for tile, regs in variants:
+        out = nbk.prefill_attention(c.q_prefill, c.k_cache, c.v_cache, c.block_tables, c.cu_seqlens_q,
+                                    c.seq_lens, c.scale, tile=tile, max_registers=regs)
+        torch.testing.assert_close(out.float().cpu(), exp, **TOL[torch.bfloat16], msg=f"{tile} {regs}")
+
+
 def test_write_kv_gpu(nbk):
     c = make_case([100, 7], None, 8, 4, 128, 16, torch.bfloat16, device="cuda", seed=12)
     kc, vc = torch.zeros_like(c.k_cache), torch.zeros_like(c.v_cache)

@@ -58,6 +58,36 @@ def test_prefill_matches_reference(name):
     torch.testing.assert_close(out.float().cpu(), expected, **tol(dtype))
 
 
+def test_prefill_several_key_tiles():
+    """A chunk whose keys span several BN-key tiles: the online softmax rescales across tiles, and
+    the first query rows see a fully masked last tile."""
+    c = make_case([150], [20], 1, 2, 64, 16, torch.bfloat16, device=DEV, seed=5)
+    out = nbk.prefill_attention(c.q_prefill, c.k_cache, c.v_cache, c.block_tables, c.cu_seqlens_q,
+                                c.seq_lens, c.scale)
+    expected = ref.prefill(c.q_prefill, c.ks, c.vs, c.cu_seqlens_q.cpu(), c.scale)
+    torch.testing.assert_close(out.float().cpu(), expected, **tol(torch.bfloat16))
+
+
+@pytest.mark.parametrize("block_size", [3, 6])
+def test_decode_small_odd_pages(block_size):
+    """Pages smaller than the kernel's row group and not a power of two: the per-token page
+    lookup (not the one-lookup-per-row-group fast path) and clamped loads past the end."""
+    c = make_case([29, 7], None, 1, 4, 64, block_size, torch.bfloat16, device=DEV, seed=7)
+    out = nbk.decode_attention(c.q_decode, c.k_cache, c.v_cache, c.block_tables, c.seq_lens, c.scale,
+                               num_splits=2)
+    torch.testing.assert_close(out.float().cpu(), ref.decode(c.q_decode, c.ks, c.vs, c.scale),
+                               **tol(torch.bfloat16))
+
+
+def test_decode_fp32_query():
+    """q in fp32 with an fp16 cache: the kernel reads q in its own dtype."""
+    c = make_case([30, 9], None, 1, 4, 64, 16, torch.float16, device=DEV, seed=6)
+    q = c.q_decode.float()
+    out = nbk.decode_attention(q, c.k_cache, c.v_cache, c.block_tables, c.seq_lens, c.scale)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.cpu(), ref.decode(q, c.ks, c.vs, c.scale), **tol(torch.float16))
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_write_kv_matches_reference(dtype):
     nblocks, bs, hkv, d = 5, 16, 2, 64

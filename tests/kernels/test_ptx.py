@@ -13,13 +13,13 @@ SCRIPT = textwrap.dedent("""
     import json, os
     os.environ['NUMBA_ENABLE_CUDASIM'] = '0'
     from pdlab.kernels import _numba as nb
-    nb.kernel = lambda fn=None, *, sig=None: (lambda f: (f, sig))   # collect, do not compile
+    nb.kernel = lambda fn=None, *, sig=None, **kw: (lambda f: (f, sig))   # collect, do not compile
     from numba import cuda
     from pdlab.kernels import decode_attention as da, prefill_attention as pa
     out = {}
     try:
         for kind in ('f16', 'bf16'):
-            f, sig = da.decode_kernel(kind, 128, 4, 16)
+            f, sig = da.decode_kernel(kind, 128, 4, 16, True, 2, kind)
             out['decode_' + kind], _ = cuda.compile_ptx(f, sig, cc=(9, 0), fastmath=True)
             f, sig = pa.prefill_kernel(kind, 128, 4, 16)
             out['prefill_' + kind], _ = cuda.compile_ptx(f, sig, cc=(9, 0), fastmath=True)

@@ -184,7 +184,8 @@ checks.check_online_softmax(online_softmax);
 
 md(r"""
 The Numba decode kernel runs this recurrence per query head, with one change that saves work:
-it scores a few tokens (`UNROLL`) per step and rescales once per step, not once per token. Here
+it scores a few tokens (`UNROLL`) per step and rescales the running sum only when a step raises
+the running max (most steps do not), not once per token. Here
 is that part of `pdlab/kernels/decode_attention.py`:
 """)
 

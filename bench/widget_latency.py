@@ -49,6 +49,16 @@ PLAN = {
 }
 
 
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def measure(repeats: int = 1) -> dict:
     rows, all_ms = [], []
     for label, (cls, plan) in PLAN.items():
@@ -77,7 +87,7 @@ def measure(repeats: int = 1) -> dict:
     return {
         "what": "latency from a dashboard control change to updated FigureWidgets (Python side), "
                 "simulated workloads, fresh values (simulator cache cleared per dashboard)",
-        "measured_on": f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores visible "
+        "measured_on": f"{cpu_name()}, {os.cpu_count()} cores visible "
                        f"(shared with other work), Python {platform.python_version()}",
         "date": dt.date.today().isoformat(),
         "target_p95_ms": 150,

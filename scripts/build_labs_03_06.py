@@ -226,7 +226,7 @@ for blocks in (small, large):
     s = runs[blocks].summary()
     print(f"{blocks:>6} blocks ({blocks * 16:>7,} tokens): {s['preemptions']:>4} preemptions, "
           f"TPOT p99 {s['tpot_s']['p99'] * 1e3:6.1f} ms, ITL max {max(viz.max_gaps(runs[blocks])) * 1e3:6.0f} ms, "
-          f"{s['throughput_tok_s']:,.0f} tokens/s")
+          f"{s['throughput_tok_s']:,.0f} tokens/s   [{CLOCK}]")
 viz.kv_occupancy(runs[small]).show()
 s_small, s_large = runs[small].summary(), runs[large].summary()
 assert s_small["preemptions"] > 0 and s_large["preemptions"] == 0
@@ -414,7 +414,7 @@ viz.sweep_lines(lengths, {"longest stall (ms)": stall_ms, "TTFT p99 (ms)": ttft9
                 "Aggregated: the longer the long prompt, the longer every stream freezes",
                 "long prompt (tokens), log scale", "ms (log scale)", clock=CLOCK, log_x=True, log_y=True,
                 hlines={f"{STALL * 1e3:.0f} ms": STALL * 1e3}).show()
-print("streams frozen > 100 ms (%):", dict(zip(lengths, np.round(frozen_by_len, 1))))
+print("streams frozen > 100 ms (%):", dict(zip(lengths, np.round(frozen_by_len, 1))), f"  [{CLOCK}]")
 assert stall_ms[-1] > 4 * stall_ms[0]
 '''),
     code('''
@@ -571,6 +571,7 @@ agg_point = pw.point(agg)
 ITL_SLO = 0.05
 viz.frontier(points, slo_itl=ITL_SLO, extra={"aggregated": agg_point}, clock=CLOCK).show()
 by = {p["chunk"]: p for p in points}
+print(f"[{CLOCK}]")
 for p in points:
     print(f"budget {p['chunk']:>5}: TTFT p90 {p['ttft'] * 1e3:7.1f} ms, ITL p99.9 {p['itl'] * 1e3:6.1f} ms")
 assert by[256]["itl"] < by[8192]["itl"]          # small budgets: smooth streams
@@ -749,6 +750,7 @@ viz.slo_curves(rates, sweep, SLOS, per_gpu={k: c.gpus for k, c in setups.items()
     code('''
 goodput = {k: pw.goodput(reqs, c, SLOS, start=6.0, label=k) / c.gpus for k, c in setups.items()}
 viz.goodput_bars(goodput, clock=CLOCK, slos=SLOS).show()
+print(f"[{CLOCK}]")
 for k, g in goodput.items():
     print(f"{k:>18}: {g:5.2f} requests/s per GPU within the SLOs")
 assert goodput["disaggregated 2:1"] > goodput["aggregated"]
@@ -792,6 +794,7 @@ assert list(dash.figures["ttft"].data[2].y) != before
     '''),
     code('''
 pause = {}
+print(f"[{CLOCK}]")
 for label, link in pw.LINK_OPTIONS:
     r = run_serving(make_requests(N, 8.0, "arxiv", seed=0),
                     ServingConfig(mode="disaggregated", link=link, model=MODEL, gpu=GPU))
@@ -814,6 +817,7 @@ assert pause["eth-25g"] > 10 * pause["nvlink"]
     code('''
 low = make_requests(N // 2, 1.0, "arxiv", seed=0)
 busy = {}
+print(f"[{CLOCK}]")
 for label, cfg in {"aggregated": ServingConfig(mode="aggregated", num_gpus=2, model=MODEL, gpu=GPU),
                    "disaggregated": ServingConfig(mode="disaggregated", model=MODEL, gpu=GPU)}.items():
     r = run_serving(low, cfg)
@@ -836,6 +840,7 @@ short = make_requests(N, 16.0, pw.Lengths("fixed", a=64, b=512), seed=0)
 pair = {"chunked": ServingConfig(mode="chunked", num_gpus=2, chunk_size=512, model=MODEL, gpu=GPU),
         "disaggregated": ServingConfig(mode="disaggregated", prefill_gpus=1, decode_gpus=1, model=MODEL, gpu=GPU)}
 e2e, tpot = {}, {}
+print(f"[{CLOCK}]")
 for label, cfg in pair.items():
     r = run_serving(short, cfg)
     s = r.summary(SLOS)

@@ -130,7 +130,11 @@ def main(argv=None) -> int:
         dt = time.perf_counter() - t
         rows.append((src.stem, title))
         print(f"  {src.name} -> {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}  [{dt:.0f} s]")
-    items = "\n".join(f'<li><a href="{s}.html">{html.escape(t)}</a></li>' for s, t in rows)
+    pages = []   # every lab page in the folder, also those of an earlier (partial) run
+    for page in sorted(args.out.glob("[0-9][0-9]_*.html")):
+        m = re.search(r"<title>(.*?)</title>", page.read_text(errors="replace"), flags=re.S)
+        pages.append((page.name, html.unescape(m.group(1)).strip() if m else page.stem))
+    items = "\n".join(f'<li><a href="{n}">{html.escape(t)}</a></li>' for n, t in pages)
     (args.out / "index.html").write_text(
         "<!doctype html><meta charset='utf-8'><title>pdlab labs</title>"
         "<body style='font-family:system-ui,sans-serif;max-width:800px;margin:2em auto'>"

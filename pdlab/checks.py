@@ -105,7 +105,7 @@ def check_kv_bytes_per_token(fn) -> bool:
         expected = m.kv_bytes_per_token
         if yours is None or int(yours) != expected:
             return report(f"Ex 3.1 KV bytes per token ({name})", False, yours, expected,
-                          hint="2 (K and V) x layers x kv_heads x head_dim (hidden // heads) x dtype_bytes; "
+                          hint="2 (K and V) x layers x kv_heads x head_dim (hidden // heads) x kv_dtype_bytes; "
                                "GQA models store kv_heads, not heads")
     m = MODELS["llama-3-8b"]
     return report(f"Ex 3.1 KV bytes per token ({len(names)} presets; llama-3-8b)", True,

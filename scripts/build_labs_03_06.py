@@ -78,22 +78,23 @@ N = 160 if FAST else 500       # requests per simulated run
 
     Decode reads, at every step, the K and V of every earlier token of every sequence in the batch.
     Those tensors live in the **KV cache**. Per token and per layer a model stores one K and one V
-    vector for each **KV head**, `head_dim = hidden / heads` numbers each, in `dtype_bytes` bytes
-    (2 for bf16). Models with grouped-query attention (GQA: Llama-3, Mistral) keep fewer KV heads
+    vector for each **KV head**, `head_dim = hidden / heads` numbers each, in `kv_dtype_bytes`
+    bytes (2 for bf16; usually the weights' `dtype_bytes`, but an engine may store the cache in
+    another precision). Models with grouped-query attention (GQA: Llama-3, Mistral) keep fewer KV heads
     than query heads (8 vs 32), so their cache is 4x smaller than a multi-head model of the same
     width (Llama-2-7B keeps all 32).
 
     ### Exercise 3.1 — KV bytes per token
 
     Write `kv_bytes_per_token(m)` for a `ModelSpec` `m` (fields `layers`, `hidden`, `heads`,
-    `kv_heads`, `dtype_bytes`): the bytes of K **and** V that one token occupies over all layers.
+    `kv_heads`, `kv_dtype_bytes`): the bytes of K **and** V that one token occupies over all layers.
     '''),
     code('''
 def kv_bytes_per_token(m):
     # Ex 3.1: bytes of K and V for one token, all layers (m is a pdlab.costmodel.ModelSpec)
     # BEGIN SOLUTION
     head_dim = m.hidden // m.heads
-    return 2 * m.layers * m.kv_heads * head_dim * m.dtype_bytes
+    return 2 * m.layers * m.kv_heads * head_dim * m.kv_dtype_bytes
     # END SOLUTION
 '''),
     code('''
@@ -126,7 +127,7 @@ viz.kv_capacity({m: CostModel.from_names(GPU, m) for m in models}, max_num_seqs=
 '''),
     md('''
     *What to look for:* each line falls as 1/context. On an H100, Llama-3-8B holds about 100
-    sequences of 4k tokens; the multi-head Llama-2-7B only a quarter of that, and OPT-13B a handful.
+    sequences of 4k tokens; the multi-head Llama-2-7B only a quarter of that, and OPT-13B about a dozen.
 
     ### Exercise 3.2 — the largest decode batch
 
@@ -260,15 +261,16 @@ assert dash.status_line.value != before
     md('''
     ## Key points
 
-    - KV bytes per token = 2 x layers x KV heads x head dim x bytes: GQA divides it by heads / KV heads.
+    - KV bytes per token = 2 x layers x KV heads x head dim x bytes per value: GQA divides it by
+      heads / KV heads.
     - Memory, not compute, caps the decode batch; and decode throughput grows with the batch.
     - Paging wastes at most one partial block per sequence; contiguous reservation wastes most of memory.
     - A full cache does not drop requests: it preempts and recomputes, paid in latency and compute.
 
     ## Going further
 
-    1. Quantising the KV cache to 8 bits halves `dtype_bytes`: what happens to the largest batch and
-       to the decode step time? (`dataclasses.replace(MODELS["llama-3-8b"], dtype_bytes=1)`)
+    1. Quantising the KV cache to 8 bits halves `kv_dtype_bytes`: what happens to the largest batch
+       and to the decode step time? (`dataclasses.replace(MODELS["llama-3-8b"], kv_dtype_bytes=1)`)
     2. Why preempt the *most recently admitted* sequence rather than the longest one?
     3. vLLM can also *swap* KV to CPU memory instead of recomputing: when would that be cheaper?
        (compare PCIe time for the KV with the prefill time of the same tokens)

@@ -127,6 +127,7 @@ class Efficiency:
     step_overhead_s: float = 1.5e-3    # scheduling, launches, sampling per iteration
     seq_overhead_s: float = 2e-5       # per sequence in the batch
     prefill_overhead_s: float = 0.0    # per prefill chunk in the batch (its own attention call, metadata)
+    mixed_overhead_s: float = 0.0      # per step that runs both phases (two attention paths per layer)
     mem_util: float = 0.9              # share of GPU memory the engine may use
     source: str = "defaults"           # or the profile file it was fitted into
 
@@ -211,11 +212,12 @@ class CostModel:
             prefill_ctx += c + n
             n_sampled += c + n == seq.num_tokens
         return self.time_for(batch.num_tokens, n_sampled, n_seq, prefill_pairs, prefill_ctx,
-                             batch.num_prefill_tokens, batch.decode_context, n_chunks)
+                             batch.num_prefill_tokens, batch.decode_context, n_chunks,
+                             mixed=bool(n_chunks and batch.decodes))
 
     def time_for(self, tokens: int, sampled: int, seqs: int, prefill_pairs: int = 0,
                  prefill_ctx: int = 0, prefill_tokens: int = 0, decode_ctx: int = 0,
-                 prefill_chunks: int = 0) -> float:
+                 prefill_chunks: int = 0, mixed: bool = False) -> float:
         """The roofline from batch totals (vectorisable; ``step_time`` fills these in)."""
         m, e = self.model, self.eff
         peak, bw = self._peak_flops(), self._bw()
@@ -228,7 +230,8 @@ class CostModel:
         attn_flops = per_pair * (prefill_pairs + decode_ctx)
         attn_bytes = kv_tok * (prefill_ctx + decode_ctx + prefill_tokens)   # reads + new writes
         t_attn = max(attn_flops / (peak * e.attn_eff), attn_bytes / bw) if attn_flops else 0.0
-        t = t_linear + t_attn + e.step_overhead_s + e.seq_overhead_s * seqs + e.prefill_overhead_s * prefill_chunks
+        t = (t_linear + t_attn + e.step_overhead_s + e.seq_overhead_s * seqs
+             + e.prefill_overhead_s * prefill_chunks + (e.mixed_overhead_s if mixed else 0.0))
         if self.tp > 1:   # two ring all-reduces of the activations per layer
             act = tokens * m.hidden * m.dtype_bytes
             t += 2 * m.layers * (2 * (self.tp - 1) / self.tp * act / (self.gpu.link_gbps * 1e9) + 5e-6)

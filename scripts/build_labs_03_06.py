@@ -400,7 +400,9 @@ checks.check_frozen_share(frozen_share);
 
     The stall lasts as long as the long prompt's prefill, which grows a little faster than
     linearly (attention is quadratic in the prompt). How many users it hits depends on how many
-    streams are running, so on the rate. Two sweeps (same requests, one knob at a time):
+    streams are running, so on the rate. Two sweeps (same requests, one knob at a time); in the
+    rate sweep, aggregated's ITL and TPOT tails climb with the load while chunked's stay nearly
+    flat, and TTFT p99 is mostly the long prompts' own prefill in both:
     '''),
     code('''
 lengths = [2048, 4096, 8192, 16384]
@@ -422,15 +424,22 @@ assert stall_ms[-1] > 4 * stall_ms[0]
     code('''
 rates = [2.0, 4.0, 8.0, 12.0]
 curves = {"aggregated": [], "chunked": []}
+latency = {f"{m} {k}": [] for m in curves for k in ("TTFT p99", "TPOT p99", "ITL p99")}
 for rate in rates:
     for mode in curves:
         r = pw.simulate("chat-long", N, rate, mode=mode, model=MODEL, gpu=GPU,
                         **({"chunk_size": 512} if mode == "chunked" else {}))
         curves[mode].append(float(np.mean(viz.max_gaps(r) > STALL)) * 100)
+        s = r.summary()
+        for k in ("TTFT p99", "TPOT p99", "ITL p99"):
+            latency[f"{mode} {k}"].append(s[k.split()[0].lower() + "_s"]["p99"] * 1e3)
 viz.sweep_lines(rates, curves, f"Share of streams that froze > {STALL * 1e3:.0f} ms vs load",
                 "requests/s", "% of requests", clock=CLOCK).show()
+viz.sweep_lines(rates, latency, "Latency percentiles vs load", "requests/s", "ms (log scale)",
+                clock=CLOCK, log_y=True).show()
 assert curves["aggregated"][-1] > curves["aggregated"][0]
 assert max(curves["chunked"]) < min(curves["aggregated"][1:])
+assert latency["aggregated ITL p99"][-1] > latency["chunked ITL p99"][-1]   # at the highest load
 '''),
     md('''
     ## 4. Explore

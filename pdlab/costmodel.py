@@ -198,6 +198,15 @@ class CostModel:
     def _bw(self) -> float:
         return self.gpu.hbm_tbps * 1e12 * self.eff.mbu * self.tp
 
+    def _consts(self) -> tuple[int, int, int, int, int]:
+        """Per-model constants of ``time_for`` (computed once: it runs every simulated step)."""
+        c = self.__dict__.get("_c")
+        if c is None:
+            m = self.model
+            c = self.__dict__["_c"] = (2 * m.layers * m.layer_params, 2 * m.vocab * m.hidden, m.step_weight_bytes,
+                                       4 * m.layers * m.heads * m.head_dim, m.kv_bytes_per_token)
+        return c
+
     def step_time(self, batch: Batch) -> float:
         """Seconds for one iteration running ``batch``."""
         n_seq = len(batch.prefills) + len(batch.decodes)
@@ -221,12 +230,11 @@ class CostModel:
         """The roofline from batch totals (vectorisable; ``step_time`` fills these in)."""
         m, e = self.model, self.eff
         peak, bw = self._peak_flops(), self._bw()
+        layer_flops, head_flops, weight_bytes, per_pair, kv_tok = self._consts()
         # linear layers: every token through every matrix; logits only where a token is sampled
-        flops = 2 * tokens * m.layers * m.layer_params + 2 * sampled * m.vocab * m.hidden
-        t_linear = max(flops / (peak * e.mfu), m.step_weight_bytes / bw)
+        flops = tokens * layer_flops + sampled * head_flops
+        t_linear = max(flops / (peak * e.mfu), weight_bytes / bw)
         # attention: QK^T and PV (4 FLOPs per query-key pair per head dim); KV read once per step
-        per_pair = 4 * m.layers * m.heads * m.head_dim
-        kv_tok = m.kv_bytes_per_token
         attn_flops = per_pair * (prefill_pairs + decode_ctx)
         attn_bytes = kv_tok * (prefill_ctx + decode_ctx + prefill_tokens)   # reads + new writes
         t_attn = max(attn_flops / (peak * e.attn_eff), attn_bytes / bw) if attn_flops else 0.0

@@ -95,9 +95,18 @@ class BlockManager:
         need = self.blocks_needed(seq, n_new)
         if need > self.num_free:
             raise RuntimeError(f"sequence {seq.id}: needs {need} blocks, {self.num_free} free")
-        table = seq.block_table
-        for _ in range(need):
-            table.append(self._take())
+        free = self._free
+        k = min(need, len(free))
+        if k:   # a whole prompt's worth of free blocks in one slice (same order as popping one by one)
+            got = free[-k:]
+            del free[-k:]
+            got.reverse()
+            ref = self.ref
+            for b in got:
+                ref[b] = 1
+            seq.block_table.extend(got)
+        for _ in range(need - k):   # the rest by evicting cached prefix blocks
+            seq.block_table.append(self._take())
 
     def append_block(self, seq: Sequence) -> None:
         """One more block for ``seq`` (a decode crossing a block boundary). Caller checked room."""

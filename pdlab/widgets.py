@@ -96,6 +96,16 @@ class _Progress:
             self.bar.bar_style = "success"
 
 
+def progress(items, description: str = "sweep"):
+    """Iterate over ``items`` with a progress bar in a notebook (for loops written in a lab)."""
+    items = list(items)
+    bar = _Progress(len(items), description)
+    for x in items:
+        yield x
+        bar.step()
+    bar.done()
+
+
 def _in_notebook() -> bool:
     try:
         from IPython import get_ipython

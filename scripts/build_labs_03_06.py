@@ -221,7 +221,7 @@ assert eff["paged, 16-token blocks"] > 0.98 > eff["contiguous, prompt + 2048"] +
     code('''
 small, large = 700, 20000      # KV blocks of 16 tokens per GPU
 runs = {}
-for blocks in (small, large):
+for blocks in pw.progress((small, large), "cache sizes"):
     runs[blocks] = pw.simulate("chat-long", N, 8.0, mode="chunked", chunk_size=512, model=MODEL, gpu=GPU,
                                num_blocks=blocks)
     s = runs[blocks].summary()
@@ -407,7 +407,7 @@ checks.check_frozen_share(frozen_share);
     code('''
 lengths = [2048, 4096, 8192, 16384]
 stall_ms, frozen_by_len, ttft99 = [], [], []
-for L in lengths:
+for L in pw.progress(lengths, "long-prompt sizes"):
     r = pw.simulate(pw.Lengths("mix", a=256, b=128, long_len=L, long_share=0.05), N, RATE,
                     mode="aggregated", model=MODEL, gpu=GPU)
     g = viz.max_gaps(r)
@@ -425,7 +425,7 @@ assert stall_ms[-1] > 4 * stall_ms[0]
 rates = [2.0, 4.0, 8.0, 12.0]
 curves = {"aggregated": [], "chunked": []}
 latency = {f"{m} {k}": [] for m in curves for k in ("TTFT p99", "TPOT p99", "ITL p99")}
-for rate in rates:
+for rate in pw.progress(rates, "rates"):
     for mode in curves:
         r = pw.simulate("chat-long", N, rate, mode=mode, model=MODEL, gpu=GPU,
                         **({"chunk_size": 512} if mode == "chunked" else {}))
@@ -806,7 +806,7 @@ assert list(dash.figures["ttft"].data[2].y) != before
     code('''
 pause = {}
 print(f"[{CLOCK}]")
-for label, link in pw.LINK_OPTIONS:
+for label, link in pw.progress(pw.LINK_OPTIONS, "links"):
     r = run_serving(make_requests(N, 8.0, "arxiv", seed=0),
                     ServingConfig(mode="disaggregated", link=link, model=MODEL, gpu=GPU))
     pause[link] = float(np.percentile(viz.first_gaps(r), 90)) * 1e3

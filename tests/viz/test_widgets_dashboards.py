@@ -140,3 +140,7 @@ def test_live_mode_is_a_widget(monkeypatch):
     monkeypatch.delenv("PDLAB_STATIC", raising=False)
     dash = pw.PiggybackDashboard()
     assert "application/vnd.jupyter.widget-view+json" in dash._repr_mimebundle_()
+
+
+def test_progress_yields_every_item():
+    assert list(pw.progress([3, 1, 2], "x")) == [3, 1, 2]

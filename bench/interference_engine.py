@@ -34,6 +34,7 @@ from pdlab.metrics import per_request  # noqa: E402
 from pdlab.request import Request  # noqa: E402
 
 MODEL = "llama-3.2-1b"
+GPU = "h200"                # the cost-model preset of the simulated runs (bench/fidelity.py --model tiny: cpu)
 WORKLOAD_NOTE = ("workload: bench/interference_engine.py workload() seed 0: 60 chats (prompts 64-512, "
                  "outputs 64-160 tokens, Poisson 6/s) + 3 prompts of 8192 tokens (16 outputs)")
 BLOCK_SIZE = 16
@@ -63,7 +64,7 @@ def workload(n_chats=60, rate=6.0, n_long=3, long_len=8192, seed=0, vocab=128256
 
 
 def config(mode: str, chunk: int | None = None, profile: str | None = None) -> ServingConfig:
-    return ServingConfig(mode=mode, model=MODEL, gpu="h200", chunk_size=chunk, block_size=BLOCK_SIZE,
+    return ServingConfig(mode=mode, model=MODEL, gpu=GPU, chunk_size=chunk, block_size=BLOCK_SIZE,
                          num_blocks=NUM_BLOCKS, profile=profile, link="nvlink")
 
 
@@ -141,7 +142,7 @@ def latency_table(result, long_len_min=4096) -> dict:
 def warm_up(model, backend="torch"):
     """Compile and allocate once (cuBLAS handles, SDPA kernels) so the first measured step is
     not a cold start."""
-    serve_measured(model, workload(fast=True)[:4], "chunked", 256, backend)
+    serve_measured(model, workload(fast=True, vocab=model.cfg.vocab_size)[:4], "chunked", 256, backend)
 
 
 def load_model(num_layers=None):
@@ -151,7 +152,7 @@ def load_model(num_layers=None):
     cfg = M.preset(MODEL)
     if num_layers:
         cfg = replace(cfg, num_layers=num_layers)
-    if not torch.cuda.is_available():
+    if not torch.cuda.is_available() and cfg.dtype != "float32":
         cfg = replace(cfg, dtype="float32")     # CPU smoke test: bf16 matmuls are slow there
     return M.build(cfg, device="cuda" if torch.cuda.is_available() else "cpu")
 

@@ -2,6 +2,7 @@
 
     pdlab calibrate                                  # GPU: llama-3.2-1b shape; CPU: the tiny model
     pdlab calibrate --model llama-3.2-1b --gpu h200 --out data/profiles/h200-llama-3.2-1b.json
+    pdlab calibrate --serve-workload sharegpt         # fit to served steps + the grid
 
 1. Build the model (trained ``tiny``, or a shape preset with seeded random weights) and a
    ``ModelExecutor`` with a paged KV cache.
@@ -12,11 +13,18 @@
    a few runs after a warm-up; the runs go round-robin over the grid, so a step follows a step
    of another shape, as in serving, rather than a copy of itself.
 3. Fit the cost model's efficiency factors and overheads (``costmodel.Efficiency``: mfu,
-   attn_eff, mbu, step_overhead_s, seq_overhead_s, prefill_overhead_s) by least squares on
+   attn_eff, mbu, step_overhead_s, seq_overhead_s, prefill_overhead_s, mixed_overhead_s) by least squares on
    log(predicted/measured), so short and long steps weigh the same. The profile reports the
    fit's median and max relative error over every point.
 4. Write a profile JSON (``efficiency`` + every point, measured and predicted) that the
    simulator loads with ``ServingConfig(profile=...)`` / ``pdlab simulate --profile``.
+
+Grid steps can run faster than the same shapes do while serving. ``--serve-workload`` (or
+``calibrate(serve_requests=...)``) also serves a workload with the real engine through
+``run_serving`` in the three modes, logging every step's batch shape (``batch_shape``: the
+arguments ``step_time`` gives ``time_for``) and measured seconds (``serve_and_log``), and fits the
+factors, ``mixed_overhead_s`` included, to those served steps plus the grid
+(``calibrate_from_serving``: a fit to mean step times, since served latencies are sums of steps).
 
 The predictions come from ``CostModel.step_time`` itself: this module measures and fits, the
 cost model stays the only place that turns a batch into seconds.
@@ -37,10 +45,14 @@ import numpy as np
 
 from .request import Batch, Request, Sequence
 
+SERVE_MODES = (("aggregated", None), ("chunked", 512), ("disaggregated", None))
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "data" / "profiles"
-FIT_PARAMS = ("mfu", "attn_eff", "mbu", "step_overhead_s", "seq_overhead_s", "prefill_overhead_s")
+FIT_PARAMS = ("mfu", "attn_eff", "mbu", "step_overhead_s", "seq_overhead_s", "prefill_overhead_s",
+              "mixed_overhead_s")
 _BOUNDS = {"mfu": (1e-4, 1.0), "attn_eff": (1e-5, 1.0), "mbu": (1e-3, 1.0),
-           "step_overhead_s": (0.0, 1.0), "seq_overhead_s": (0.0, 0.1), "prefill_overhead_s": (0.0, 0.1)}
+           "step_overhead_s": (0.0, 1.0), "seq_overhead_s": (0.0, 0.1), "prefill_overhead_s": (0.0, 0.1),
+           "mixed_overhead_s": (0.0, 0.1)}
+_LOG_PARAMS = ("mfu", "attn_eff", "mbu")         # fitted as log(x); the overheads in ms
 
 
 # ---- synthetic batches ------------------------------------------------------------------------
@@ -206,40 +218,192 @@ def model_spec_for(cfg):
     return spec
 
 
-def fit(cost_model, points: list[dict]):
-    """Least-squares fit of the efficiency factors to measured points (log-ratio residuals).
-    Returns (fitted CostModel, predicted seconds per point)."""
+# A batch's shape, as the cost model sees it: the arguments ``CostModel.step_time`` passes to
+# ``CostModel.time_for`` (token, sequence and attention-pair totals, chunk count, mixed or not).
+SHAPE_KEYS = ("tokens", "sampled", "seqs", "prefill_pairs", "prefill_ctx", "prefill_tokens",
+              "decode_ctx", "prefill_chunks", "mixed")
+
+
+def batch_shape(cost_model, batch: Batch) -> dict | None:
+    """``time_for``'s arguments for ``batch``, taken from ``cost_model.step_time`` itself (so a
+    shape logged now is timed later exactly as ``step_time`` would time the batch). None for an
+    empty batch."""
+    import inspect
+
+    from .costmodel import CostModel
+
+    sig = inspect.signature(CostModel.time_for)
+    got: dict = {}
+
+    class _Recorder(CostModel):
+        def time_for(self, *a, **kw):
+            got.update(sig.bind(self, *a, **kw).arguments)
+            return 0.0
+
+    rec = _Recorder(cost_model.gpu, cost_model.model, cost_model.tp, cost_model.eff)
+    rec.step_time(batch)
+    if not got:
+        return None
+    out = {k: got.get(k, sig.parameters[k].default) for k in SHAPE_KEYS}
+    out["mixed"] = bool(out["mixed"])
+    return out
+
+
+def shape_kind(shape: dict) -> str:
+    if shape["prefill_chunks"] and shape["mixed"]:
+        return "mixed"
+    return "prefill" if shape["prefill_chunks"] else "decode"
+
+
+def predict_shapes(cost_model, shapes: list[dict]) -> np.ndarray:
+    """Seconds ``cost_model`` gives each shape (``CostModel.time_for``)."""
+    return np.array([cost_model.time_for(**{k: s[k] for k in SHAPE_KEYS}) for s in shapes])
+
+
+def _unpack(x, params) -> dict:
+    return {k: float(np.exp(v)) if k in _LOG_PARAMS else float(v) * 1e-3 for k, v in zip(params, x)}
+
+
+def _pack(values: dict, params) -> np.ndarray:
+    return np.array([np.log(values[k]) if k in _LOG_PARAMS else values[k] * 1e3 for k in params])
+
+
+def fit_shapes(cost_model, shapes: list[dict], measured, weights=None, params=FIT_PARAMS,
+               robust: bool = True, mean: bool = False):
+    """Least-squares fit of the efficiency factors ``params`` to (shape, measured seconds)
+    records; every prediction goes through ``CostModel.time_for``. Residuals are
+    log(predicted / measured) (soft-L1: a few outlier steps do not steer the fit), each scaled by
+    sqrt(weight). With ``mean``, a second pass fits the mean instead of the typical step: residuals
+    (predicted - measured) / reference, with the first pass's prediction as the reference and a
+    Huber loss (a served request's TPOT is the mean of its steps, so a fit to the median of skewed
+    step times would come out fast). Returns (fitted CostModel, predicted seconds per record)."""
     from scipy.optimize import least_squares
 
-    batches = [p["_batch"] for p in points]
-    meas = np.array([p["measured_s"] for p in points])
-    lo = np.array([_BOUNDS[k][0] for k in FIT_PARAMS])
-    hi = np.array([_BOUNDS[k][1] for k in FIT_PARAMS])
-    # fit in log space for the efficiencies, linear (scaled to ms) for the overheads
-    def unpack(x):
-        return dict(mfu=float(np.exp(x[0])), attn_eff=float(np.exp(x[1])), mbu=float(np.exp(x[2])),
-                    step_overhead_s=float(x[3]) * 1e-3, seq_overhead_s=float(x[4]) * 1e-3,
-                    prefill_overhead_s=float(x[5]) * 1e-3)
+    meas = np.asarray(measured, dtype=float)
+    w = np.sqrt(np.ones_like(meas) if weights is None else np.asarray(weights, dtype=float))
+    x_lo = _pack({k: _BOUNDS[k][0] for k in params}, params)
+    x_hi = _pack({k: _BOUNDS[k][1] for k in params}, params)
 
     def predict(x):
-        cm = cost_model.with_efficiency(**unpack(x))
-        return np.array([cm.step_time(b) for b in batches])
+        return predict_shapes(cost_model.with_efficiency(**_unpack(x, params)), shapes)
 
     def resid(x):
-        return np.log(predict(x) / meas)
+        return w * np.log(predict(x) / meas)
 
-    x_lo = np.array([np.log(lo[0]), np.log(lo[1]), np.log(lo[2]), lo[3] * 1e3, lo[4] * 1e3, lo[5] * 1e3])
-    x_hi = np.array([np.log(hi[0]), np.log(hi[1]), np.log(hi[2]), hi[3] * 1e3, hi[4] * 1e3, hi[5] * 1e3])
     best = None
     # a few starts: the max() in the roofline makes the surface piecewise, with flat parts
     for mfu0, eff0, mbu0 in [(0.5, 0.3, 0.7), (0.1, 0.05, 0.3), (0.02, 0.01, 0.1)]:
-        x0 = np.array([np.log(mfu0), np.log(eff0), np.log(mbu0), float(np.min(meas)) * 1e3 * 0.5, 0.01, 0.1])
-        x0 = np.clip(x0, x_lo + 1e-9, x_hi - 1e-9)
-        r = least_squares(resid, x0, bounds=(x_lo, x_hi), loss="soft_l1", f_scale=0.1)
+        start = {"mfu": mfu0, "attn_eff": eff0, "mbu": mbu0, "step_overhead_s": float(np.min(meas)) * 0.5,
+                 "seq_overhead_s": 1e-5, "prefill_overhead_s": 1e-4, "mixed_overhead_s": 1e-4}
+        x0 = np.clip(_pack({k: start[k] for k in params}, params), x_lo + 1e-9, x_hi - 1e-9)
+        r = least_squares(resid, x0, bounds=(x_lo, x_hi), loss="soft_l1" if robust else "linear", f_scale=0.1)
         if best is None or r.cost < best.cost:
             best = r
-    params = unpack(best.x)
-    return cost_model.with_efficiency(**params), predict(best.x)
+    x = best.x
+    if mean:
+        ref = predict(x)
+
+        def resid_mean(x):
+            return w * (predict(x) - meas) / ref
+
+        x = least_squares(resid_mean, np.clip(x, x_lo + 1e-9, x_hi - 1e-9), bounds=(x_lo, x_hi),
+                          loss="huber", f_scale=0.5).x
+    return cost_model.with_efficiency(**_unpack(x, params)), predict(x)
+
+
+def fit(cost_model, points: list[dict]):
+    """Least-squares fit of the efficiency factors to measured grid points (log-ratio residuals,
+    soft-L1). Returns (fitted CostModel, predicted seconds per point)."""
+    shapes = [batch_shape(cost_model, p["_batch"]) for p in points]
+    return fit_shapes(cost_model, shapes, [p["measured_s"] for p in points])
+
+
+# ---- calibration from served steps ---------------------------------------------------------
+def logging_factory(executor_factory, cost_model, log: list, **tags):
+    """Wrap an ``executor_factory`` (``run_serving``'s argument) so every step the executors run
+    appends a record to ``log``: the batch's shape (``batch_shape``), its kind, the measured
+    seconds, the worker and its role, plus ``tags`` (say, the mode). The executors are the same
+    objects; only their ``run`` is wrapped."""
+
+    def make(name, role, num_blocks, block_size):
+        ex = executor_factory(name, role, num_blocks, block_size)
+        run = ex.run
+
+        def logged(batch):
+            shape = batch_shape(cost_model, batch) if batch else None   # before: run() changes no sequence
+            res = run(batch)
+            if shape is not None:
+                log.append({**shape, "kind": shape_kind(shape), "measured_s": float(res.seconds),
+                            "worker": name, "role": role, **tags})
+            return res
+
+        ex.run = logged
+        return ex
+
+    return make
+
+
+def serve_and_log(requests, config, executor_factory, log: list | None = None, **tags):
+    """``run_serving(requests, config)`` on the real engine, logging every step (see
+    ``logging_factory``). Returns (RunResult, records)."""
+    from .cluster import run_serving
+
+    log = [] if log is None else log
+    res = run_serving(requests, config, executor_factory=logging_factory(
+        executor_factory, config.cost_model(), log, mode=config.mode, **tags))
+    return res, log
+
+
+def error_summary(records: list[dict], predicted, by=("kind",)) -> dict:
+    """|predicted / measured - 1| over records, overall and per value of each key in ``by``."""
+    meas = np.array([r["measured_s"] for r in records], dtype=float)
+    pred = np.asarray(predicted, dtype=float)
+    if not len(meas):
+        return {"steps": 0}
+    rel = pred / meas - 1
+
+    def one(m):
+        return {"steps": int(m.sum()), "median_rel_error": float(np.median(rel[m])),
+                "median_abs_rel_error": float(np.median(np.abs(rel[m]))),
+                "p90_abs_rel_error": float(np.percentile(np.abs(rel[m]), 90)),
+                "mean_rel_error": float(pred[m].sum() / meas[m].sum() - 1),
+                "measured_p50_ms": 1e3 * float(np.median(meas[m])), "predicted_p50_ms": 1e3 * float(np.median(pred[m])),
+                "measured_mean_ms": 1e3 * float(np.mean(meas[m])), "predicted_mean_ms": 1e3 * float(np.mean(pred[m]))}
+
+    out = one(np.ones(len(meas), dtype=bool))
+    for key in by:
+        vals = np.array([str(r.get(key)) for r in records])
+        out["by_" + key] = {v: one(vals == v) for v in dict.fromkeys(vals)}
+    return out
+
+
+def calibrate_from_serving(cost_model, records: list[dict], grid_points: list[dict] | None = None,
+                           grid_weight: float = 1.0, params=FIT_PARAMS) -> dict:
+    """Fit the efficiency factors to steps logged while the real engine served a workload
+    (``serve_and_log`` records: shape + measured seconds), plus grid points (dicts with a
+    ``shape`` or a ``_batch``, and ``measured_s``) each weighted ``grid_weight`` against one
+    served step. The fit targets the mean step time (``fit_shapes(mean=True)``): served latencies
+    are sums of steps. Returns {"efficiency", "fit"} for a profile (``write_profile``)."""
+    grid_points = grid_points or []
+    g_shapes = [p.get("shape") or batch_shape(cost_model, p["_batch"]) for p in grid_points]
+    shapes = [{k: r[k] for k in SHAPE_KEYS} for r in records] + g_shapes
+    meas = [r["measured_s"] for r in records] + [p["measured_s"] for p in grid_points]
+    weights = [1.0] * len(records) + [grid_weight] * len(grid_points)
+    if not shapes:
+        raise ValueError("calibrate_from_serving: no records to fit")
+    cm, pred = fit_shapes(cost_model, shapes, meas, weights, params, mean=True)
+    n = len(records)
+    tagged = [{**r, "source": r.get("mode", "served")} for r in records]
+    fit_info = {"served_steps": n, "grid_points": len(grid_points), "grid_weight": grid_weight,
+                "served": error_summary(tagged, pred[:n], by=("kind", "source", "role")) if n else {"steps": 0},
+                "residuals": "pass 1: log(predicted / measured), soft-L1; pass 2 (the result): "
+                             "(predicted - measured) / pass-1 prediction, Huber (f_scale 0.5), so the "
+                             "fit matches mean step times; grid points weighted grid_weight each"}
+    if grid_points:
+        g = [{"kind": p.get("kind", "grid"), "measured_s": p["measured_s"]} for p in grid_points]
+        fit_info["grid"] = error_summary(g, pred[n:])
+    return {"efficiency": {k: getattr(cm.eff, k) for k in params}, "fit": fit_info,
+            "cost_model": cm}
 
 
 def gpu_preset_for(device_name: str) -> str | None:
@@ -252,8 +416,17 @@ def gpu_preset_for(device_name: str) -> str | None:
 
 def calibrate(model_name: str, gpu: str | None = None, backend: str = "torch", device=None,
               fast: bool = False, repeats: int = 5, num_layers: int | None = None,
-              max_tokens: int | None = None, progress=None, model=None) -> dict:
-    """Measure the grid and fit; returns the profile dict (see ``write_profile``)."""
+              max_tokens: int | None = None, progress=None, model=None, serve_requests=None,
+              serve_modes=SERVE_MODES, grid_weight: float = 1.0, serve_log: list | None = None,
+              serve_results: dict | None = None, serve_config=None) -> dict:
+    """Measure the grid and fit; returns the profile dict (see ``write_profile``).
+
+    With ``serve_requests``, the real engine also serves them through ``run_serving`` in each of
+    ``serve_modes`` ((mode, chunk size) pairs), logging every step (``serve_and_log``), and the
+    profile's efficiency is fitted to those served steps plus the grid (``calibrate_from_serving``);
+    the grid-only fit stays in the profile as ``grid_fit``. ``serve_log`` (a list) receives the
+    served records, ``serve_results`` (a dict) each mode's RunResult; ``serve_config(mode, chunk)``
+    may give the ServingConfig of each run."""
     import torch
 
     from . import model as M
@@ -288,11 +461,37 @@ def calibrate(model_name: str, gpu: str | None = None, backend: str = "torch", d
     ex = ModelExecutor(model, num_blocks, block_size, backend=backend, device=dev)
     points = measure_grid(ex, grid(fast, max_tokens), repeats, progress)
     cm0 = CostModel(lookup(GPUS, gpu, "GPU"), model_spec_for(cfg))
+    for p in points:
+        p["shape"] = batch_shape(cm0, p["_batch"])
     cm, pred = fit(cm0, points)
     meas = np.array([p["measured_s"] for p in points])
     rel = pred / meas - 1
     eff = {k: getattr(cm.eff, k) for k in FIT_PARAMS}
-    return {
+    served, grid_rel = None, rel
+    if serve_requests:
+        from .cluster import ServingConfig
+        from .costmodel import MODELS
+        from .model_executor import factory
+
+        make = factory(model, backend=backend, device=dev)
+        log = [] if serve_log is None else serve_log
+        rng = np.random.default_rng(0)      # the real engine needs token ids: random ones where absent
+        serve_requests = [r if r.prompt_ids is not None else
+                          replace(r, prompt_ids=tuple(int(x) for x in rng.integers(0, cfg.vocab_size, r.prompt_len)))
+                          for r in serve_requests]
+        for mode, chunk in serve_modes:
+            conf = serve_config(mode, chunk) if serve_config else ServingConfig(
+                mode=mode, model=cfg.name if cfg.name in MODELS else "tiny", gpu=gpu, chunk_size=chunk,
+                block_size=block_size, num_blocks=num_blocks, link="nvlink")
+            res, _ = serve_and_log(serve_requests, conf, make, log)
+            if serve_results is not None:
+                serve_results[mode] = res
+        served = calibrate_from_serving(cm0, log, points, grid_weight)
+        grid_eff = eff
+        eff = served["efficiency"]
+        pred = predict_shapes(served["cost_model"], [p["shape"] for p in points])
+        rel = pred / meas - 1
+    prof = {
         "gpu": gpu, "device": dev_name, "model": cfg.name, "backend": backend,
         "model_shape": {"layers": cfg.num_layers, "hidden": cfg.hidden_size, "heads": cfg.num_heads,
                         "kv_heads": cfg.num_kv_heads, "ffn": cfg.ffn_size, "vocab": cfg.vocab_size,
@@ -305,7 +504,8 @@ def calibrate(model_name: str, gpu: str | None = None, backend: str = "torch", d
                             for k in dict.fromkeys(p["kind"] for p in points)
                             for m in [np.array([p["kind"] == k for p in points])]},
                 "residuals": "log(predicted / measured), soft-L1 least squares; errors are "
-                             "|predicted / measured - 1| over every point"},
+                             "|predicted / measured - 1| over every grid point" + (
+                                 " under the served-step fit (see serving_fit)" if served else "")},
         "points": [{k: v for k, v in p.items() if not k.startswith("_")} | {"predicted_s": float(q)}
                    for p, q in zip(points, pred)],
         "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -313,6 +513,16 @@ def calibrate(model_name: str, gpu: str | None = None, backend: str = "torch", d
         "note": "measured with pdlab.model_executor.ModelExecutor (CUDA events on a GPU, perf_counter on a CPU); "
                 "load with costmodel.Efficiency.load(path) or ServingConfig(profile=path)",
     }
+    if served:
+        prof["calibrated_on"] = "served steps + grid"
+        prof["serving_fit"] = served["fit"] | {
+            "modes": [list(m) for m in serve_modes], "requests": len(serve_requests)}
+        prof["grid_fit"] = {"efficiency": grid_eff,
+                            "median_abs_rel_error": float(np.median(np.abs(grid_rel))),
+                            "max_abs_rel_error": float(np.max(np.abs(grid_rel)))}
+    else:
+        prof["calibrated_on"] = "grid"
+    return prof
 
 
 def default_out(profile: dict) -> Path:
@@ -338,6 +548,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per point (median)")
     parser.add_argument("--fast", action="store_true", help="a small grid (seconds, for a CPU)")
     parser.add_argument("--out", default=None, help="profile JSON (default: data/profiles/GPU-MODEL-BACKEND.json)")
+    parser.add_argument("--serve-workload", default=None, metavar="LENGTHS",
+                        help="also serve a workload (a length preset, e.g. sharegpt) with the real engine in "
+                             "the aggregated, chunked and disaggregated modes and fit to the served steps "
+                             "plus the grid (default: fit to the grid alone)")
+    parser.add_argument("--serve-requests", type=int, default=40, help="requests in --serve-workload")
+    parser.add_argument("--serve-rate", type=float, default=4.0, help="arrivals per second in --serve-workload")
+    parser.add_argument("--serve-seed", type=int, default=1, help="seed of --serve-workload")
+    parser.add_argument("--grid-weight", type=float, default=1.0,
+                        help="weight of one grid point against one served step in the --serve-workload fit")
 
 
 def run(args) -> int:
@@ -352,8 +571,13 @@ def run(args) -> int:
         print(f"  {p['kind']:8s} x{p.get('seqs', len(p.get('chunks', [])) or 1):<3d} tokens={p['tokens']:5d} decodes={p['decodes']:4d} context={p['context']:5d}"
               f"  {1e3 * p['measured_s']:9.3f} ms", flush=True)
 
+    serve = None
+    if getattr(args, "serve_workload", None):
+        from .workload import make_requests
+        serve = make_requests(args.serve_requests, args.serve_rate, args.serve_workload, seed=args.serve_seed)
     prof = calibrate(model, args.gpu, args.backend, args.device, args.fast, args.repeats,
-                     args.num_layers, progress=show)
+                     args.num_layers, progress=show, serve_requests=serve,
+                     grid_weight=getattr(args, "grid_weight", 1.0))
     path = write_profile(prof, args.out)
     e, f = prof["efficiency"], prof["fit"]
     print(f"fitted on {prof['device']} ({prof['gpu']} preset), model {prof['model']}, {f['points']} points "
@@ -361,6 +585,10 @@ def run(args) -> int:
     print("  " + ", ".join(f"{k}={v:.4g}" for k, v in e.items()))
     print(f"  |predicted/measured - 1|: median {100 * f['median_abs_rel_error']:.1f}%, "
           f"max {100 * f['max_abs_rel_error']:.1f}%")
+    if "serving_fit" in prof:
+        sf = prof["serving_fit"]["served"]
+        print(f"  served steps ({sf['steps']}): |predicted/measured - 1| median {100 * sf['median_abs_rel_error']:.1f}%, "
+              f"mean step time off by {100 * sf['mean_rel_error']:+.1f}%")
     print(f"wrote {path}")
     return 0
 

@@ -96,3 +96,50 @@ def test_generate_missing_weights_is_one_clear_line(tmp_path, capsys):
     assert G.main(["hi", "--weights", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "model file not found" in err and str(tmp_path) in err
+
+
+def _served_workload(seed=1):
+    """Short chats plus one long prompt (the shape of bench/interference_engine.py's workload)."""
+    from pdlab.request import Request
+    rng = np.random.default_rng(seed)
+    t = np.cumsum(rng.exponential(1 / 8.0, 24))
+    reqs = [Request(i, float(t[i]), int(rng.integers(64, 513)), int(rng.integers(8, 25))) for i in range(24)]
+    return reqs + [Request(24, float(t[8]), 4096, 8)]
+
+
+def test_calibrate_from_serving_recovers_a_known_efficiency():
+    """Steps served through run_serving by a synthetic executor whose times come from a known
+    Efficiency (mixed-phase overhead included) are logged and fitted back to it."""
+    from pdlab.executors import CostModelExecutor
+
+    truth = dict(mfu=0.5, attn_eff=0.05, mbu=0.3, step_overhead_s=15e-3, seq_overhead_s=2e-5,
+                 prefill_overhead_s=5e-4, mixed_overhead_s=6e-3)
+    cm_true = CostModel(GPUS["h200"], MODELS["llama-3.2-1b"]).with_efficiency(**truth)
+    log = []
+    for mode, chunk in C.SERVE_MODES:
+        conf = ServingConfig(mode=mode, model="llama-3.2-1b", gpu="h200", chunk_size=chunk, num_blocks=4096)
+        C.serve_and_log(_served_workload(), conf, lambda *a: CostModelExecutor(cm_true), log)
+    kinds = {r["kind"] for r in log}
+    assert kinds == {"prefill", "decode", "mixed"} and {r["mode"] for r in log} == {m for m, _ in C.SERVE_MODES}
+    assert all(r["measured_s"] == pytest.approx(cm_true.time_for(**{k: r[k] for k in C.SHAPE_KEYS})) for r in log)
+    f = C.BatchFactory(num_blocks=1 << 14, block_size=16, vocab=1000)
+    grid = [{"kind": p["kind"], "measured_s": cm_true.step_time(b), "_batch": b}
+            for p in C.grid(fast=True, max_tokens=4096) for b in [C.build_batch(f, p)]]
+    out = C.calibrate_from_serving(CostModel(GPUS["h200"], MODELS["llama-3.2-1b"]), log, grid)
+    eff, served = out["efficiency"], out["fit"]["served"]
+    assert served["steps"] == len(log) and served["p90_abs_rel_error"] < 0.01
+    assert out["fit"]["grid"]["p90_abs_rel_error"] < 0.01
+    for k in ("step_overhead_s", "mixed_overhead_s", "mfu"):
+        assert eff[k] == pytest.approx(truth[k], rel=0.1), k
+    assert eff["prefill_overhead_s"] == pytest.approx(truth["prefill_overhead_s"], abs=5e-4)
+    assert set(eff) == set(C.FIT_PARAMS)
+
+
+def test_batch_shape_is_what_step_time_times():
+    cm = CostModel(GPUS["h200"], MODELS["llama-3.2-1b"])
+    f = C.BatchFactory(num_blocks=1024, block_size=16, vocab=1000)
+    for b in (f.prefill(100, 32), f.decode(4, 64), f.serving([(48, 0), (32, 16)], 3, 40)):
+        s = C.batch_shape(cm, b)
+        assert cm.time_for(**{k: s[k] for k in C.SHAPE_KEYS}) == cm.step_time(b)
+        assert s["mixed"] == bool(b.prefills and b.decodes)
+    assert C.shape_kind(C.batch_shape(cm, f.serving([(48, 0)], 3, 40))) == "mixed"

@@ -90,16 +90,20 @@ f16_to_f32 = device(_f16_gpu, _f16_sim)
 # moves the same bytes in 8x fewer instructions, which a memory-bound kernel needs (GPU-NOTES:
 # 1.3 -> 2.2 TB/s). ``load16`` returns the raw bits as 4 int32 words (2 values each) so the loads
 # can be issued early and unpacked later, when the values are used (``unpack2``).
-def _make_load16_gpu():
+def _make_vector_load4_gpu(lane: str):
+    """An intrinsic ``load(arr, idx)`` returning ``arr``'s 16 bytes at element ``idx`` as a tuple
+    of 4 lanes (``lane``: "int32" raw words, or "float32"), in one ``ld.v4`` instruction."""
     from llvmlite import ir
     from numba import types
     from numba.cuda import cgutils
     from numba.cuda.extending import intrinsic
 
+    nb_lane = {"int32": types.int32, "float32": types.float32}[lane]
+
     @intrinsic
-    def load16(typingctx, arr, idx):
-        # arr: 1-D int16 array (fp16 or bf16 bits); idx: element index, a multiple of 8
-        sig = types.UniTuple(types.int32, 4)(arr, idx)
+    def load(typingctx, arr, idx):
+        # arr: 1-D array, 16-byte aligned at idx (int16 bits of fp16/bf16, or float32)
+        sig = types.UniTuple(nb_lane, 4)(arr, idx)
 
         def codegen(context, builder, signature, args):
             arrty, idxty = signature.args
@@ -108,15 +112,15 @@ def _make_load16_gpu():
             ary = context.make_array(arrty)(context, builder, aval)
             ptr = cgutils.get_item_pointer(context, builder, arrty, ary, [ival], wraparound=False)
             i32 = ir.IntType(32)
-            # view the address as <4 x i32> and load it with 16-byte alignment: ld.global.v4.u32
-            vptr = builder.bitcast(ptr, ir.VectorType(i32, 4).as_pointer())
-            vec = builder.load(vptr, align=16)
-            words = [builder.extract_element(vec, ir.Constant(i32, w)) for w in range(4)]
-            return context.make_tuple(builder, signature.return_type, words)
+            ll_lane = i32 if lane == "int32" else ir.FloatType()
+            # view the address as <4 x lane> and load it with 16-byte alignment
+            vec = builder.load(builder.bitcast(ptr, ir.VectorType(ll_lane, 4).as_pointer()), align=16)
+            vals = [builder.extract_element(vec, ir.Constant(i32, w)) for w in range(4)]
+            return context.make_tuple(builder, signature.return_type, vals)
 
         return sig, codegen
 
-    return load16
+    return load
 
 
 def _make_unpack2_gpu(kind: str):
@@ -169,33 +173,6 @@ def _unpack2_sim_f16(word):
     return (np.float32(w[0:1].view(np.float16)[0]), np.float32(w[1:2].view(np.float16)[0]))
 
 
-def _make_load4f_gpu():
-    from llvmlite import ir
-    from numba import types
-    from numba.cuda import cgutils
-    from numba.cuda.extending import intrinsic
-
-    @intrinsic
-    def load4f(typingctx, arr, idx):
-        # arr: 1-D float32 array (shared or global), 16-byte aligned; idx: a multiple of 4
-        sig = types.UniTuple(types.float32, 4)(arr, idx)
-
-        def codegen(context, builder, signature, args):
-            arrty, idxty = signature.args
-            aval, ival = args
-            ival = context.cast(builder, ival, idxty, types.intp)
-            ary = context.make_array(arrty)(context, builder, aval)
-            ptr = cgutils.get_item_pointer(context, builder, arrty, ary, [ival], wraparound=False)
-            i32, f32 = ir.IntType(32), ir.FloatType()
-            vec = builder.load(builder.bitcast(ptr, ir.VectorType(f32, 4).as_pointer()), align=16)
-            vals = [builder.extract_element(vec, ir.Constant(i32, w)) for w in range(4)]
-            return context.make_tuple(builder, signature.return_type, vals)
-
-        return sig, codegen
-
-    return load4f
-
-
 def _load4f_sim(arr, idx):
     return (arr[idx], arr[idx + 1], arr[idx + 2], arr[idx + 3])
 
@@ -206,7 +183,7 @@ def load4f():
     ``arr`` must be 16-byte aligned (``cuda.shared.array(..., alignment=16)``), ``idx % 4 == 0``."""
     if SIM:
         return _load4f_sim
-    return _make_load4f_gpu()
+    return _make_vector_load4_gpu("float32")
 
 
 def load16(wide: bool = True):
@@ -214,7 +191,7 @@ def load16(wide: bool = True):
     (``wide``), or eight 2-byte loads."""
     if SIM:
         return _load16_sim
-    return _make_load16_gpu() if wide else cuda.jit(device=True, inline="always")(_load16_scalar_gpu)
+    return _make_vector_load4_gpu("int32") if wide else cuda.jit(device=True, inline="always")(_load16_scalar_gpu)
 
 
 def unpack2(kind: str):

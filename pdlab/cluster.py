@@ -12,6 +12,7 @@ inbound ``Link``, then decodes.
 
 from __future__ import annotations
 
+import gc
 import heapq
 from collections import deque
 from dataclasses import dataclass, field
@@ -204,6 +205,17 @@ class Cluster:
 
     # ---- the event loop -----------------------------------------------------------------------
     def run(self, requests: Iterable[Request]) -> RunResult:
+        # The loop makes millions of small objects and no reference cycles: pausing Python's cyclic
+        # garbage collector (which would rescan every token-time list) saves ~10% of a simulation.
+        paused = gc.isenabled()
+        gc.disable()
+        try:
+            return self._run(requests)
+        finally:
+            if paused:
+                gc.enable()
+
+    def _run(self, requests: Iterable[Request]) -> RunResult:
         seqs = sorted((Sequence(r) for r in requests), key=lambda s: (s.arrival, s.id))
         widx = {id(w): i for i, w in enumerate(self.workers)}
         res = RunResult(self.config, seqs, [w.name for w in self.workers], [w.role for w in self.workers],

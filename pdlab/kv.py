@@ -85,28 +85,26 @@ class BlockManager:
         return b
 
     def take(self, n: int) -> list[int]:
-        """Hand out ``n`` blocks outside any sequence (a disaggregated transfer's landing space)."""
+        """Hand out ``n`` blocks (ref count 1): free ones first, in one slice, in the order
+        popping them one by one would give; then cached prefix blocks, least recently used first."""
         if n > self.num_free:
             raise RuntimeError(f"needs {n} blocks, {self.num_free} free")
-        return [self._take() for _ in range(n)]
+        free = self._free
+        k = min(n, len(free))
+        got = free[len(free) - k:]
+        del free[len(free) - k:]
+        got.reverse()
+        ref = self.ref
+        for b in got:
+            ref[b] = 1
+        got.extend(self._take() for _ in range(n - k))
+        return got
 
     def allocate(self, seq: Sequence, n_new: int) -> None:
         """Grow ``seq.block_table`` to hold ``n_new`` more tokens. Caller checked capacity."""
         need = self.blocks_needed(seq, n_new)
-        if need > self.num_free:
-            raise RuntimeError(f"sequence {seq.id}: needs {need} blocks, {self.num_free} free")
-        free = self._free
-        k = min(need, len(free))
-        if k:   # a whole prompt's worth of free blocks in one slice (same order as popping one by one)
-            got = free[-k:]
-            del free[-k:]
-            got.reverse()
-            ref = self.ref
-            for b in got:
-                ref[b] = 1
-            seq.block_table.extend(got)
-        for _ in range(need - k):   # the rest by evicting cached prefix blocks
-            seq.block_table.append(self._take())
+        if need:
+            seq.block_table.extend(self.take(need))
 
     def append_block(self, seq: Sequence) -> None:
         """One more block for ``seq`` (a decode crossing a block boundary). Caller checked room."""

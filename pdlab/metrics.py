@@ -13,6 +13,7 @@ which every SLO holds.
 
 from __future__ import annotations
 
+import gc
 import math
 from dataclasses import dataclass
 from itertools import chain
@@ -138,6 +139,16 @@ def slo_report(arrays: dict, slos: list[SLO]) -> dict:
 
 
 def summarize(seqs: list[Sequence], slos: list[SLO] | None = None, gpus: int = 1) -> dict:
+    paused = gc.isenabled()
+    gc.disable()          # no cycles are made here; a collection would rescan every token list
+    try:
+        return _summarize(seqs, slos, gpus)
+    finally:
+        if paused:
+            gc.enable()
+
+
+def _summarize(seqs: list[Sequence], slos: list[SLO] | None, gpus: int) -> dict:
     arrays = per_request(seqs)
     done = [s for s in seqs if s.status is Status.FINISHED]
     rejected = [s for s in seqs if s.status is Status.REJECTED]

@@ -98,6 +98,7 @@ def run(args) -> int:
     ids, secs = generate(ex, prompt_ids, args.max_new_tokens, on_token=show)
     wall = time.perf_counter() - t0
     out.write(dec.flush() + "\n")
+    out.flush()   # the timing line goes to stderr: let the story end first
     if not args.quiet:
         decode = secs[1:]
         per_tok = f"{1e3 * sum(decode) / len(decode):.1f} ms/token" if decode else "n/a"

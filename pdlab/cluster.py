@@ -12,7 +12,6 @@ inbound ``Link``, then decodes.
 
 from __future__ import annotations
 
-import gc
 import heapq
 from collections import deque
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from typing import Callable, Iterable
 from .costmodel import LINK_LATENCY_S, LINKS_GBPS, CostModel, Efficiency
 from .errors import PdlabError
 from .executors import CostModelExecutor, Executor
+from .gcpause import gc_paused
 from .kv import BlockManager
 from .request import Request, Sequence, Status
 from .schedulers import (INF, AggregatedScheduler, ChunkedScheduler, DecodeOnlyScheduler,
@@ -205,15 +205,9 @@ class Cluster:
 
     # ---- the event loop -----------------------------------------------------------------------
     def run(self, requests: Iterable[Request]) -> RunResult:
-        # The loop makes millions of small objects and no reference cycles: pausing Python's cyclic
-        # garbage collector (which would rescan every token-time list) saves ~10% of a simulation.
-        paused = gc.isenabled()
-        gc.disable()
-        try:
+        # cycle scans would rescan every token-time list: pausing them saves ~10% of a simulation
+        with gc_paused():
             return self._run(requests)
-        finally:
-            if paused:
-                gc.enable()
 
     def _run(self, requests: Iterable[Request]) -> RunResult:
         seqs = sorted((Sequence(r) for r in requests), key=lambda s: (s.arrival, s.id))

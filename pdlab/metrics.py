@@ -13,7 +13,6 @@ which every SLO holds.
 
 from __future__ import annotations
 
-import gc
 import math
 from dataclasses import dataclass
 from itertools import chain
@@ -22,6 +21,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from .errors import PdlabError
+from .gcpause import gc_paused
 from .request import Sequence, Status
 
 METRICS = ("ttft", "tpot", "itl", "e2e", "queue")
@@ -139,13 +139,8 @@ def slo_report(arrays: dict, slos: list[SLO]) -> dict:
 
 
 def summarize(seqs: list[Sequence], slos: list[SLO] | None = None, gpus: int = 1) -> dict:
-    paused = gc.isenabled()
-    gc.disable()          # no cycles are made here; a collection would rescan every token list
-    try:
+    with gc_paused():     # no cycles are made here; a collection would rescan every token list
         return _summarize(seqs, slos, gpus)
-    finally:
-        if paused:
-            gc.enable()
 
 
 def _summarize(seqs: list[Sequence], slos: list[SLO] | None, gpus: int) -> dict:

@@ -13,12 +13,12 @@ reads ``seq.block_table`` and never changes a sequence (``postprocess`` does tha
 
 from __future__ import annotations
 
-import gc
 import time
 
 import numpy as np
 import torch
 
+from .gcpause import gc_paused
 from .kernels import get_backend, validate
 from .model import AttentionMetadata, Model
 from .request import Batch, Sequence, StepResult
@@ -226,15 +226,9 @@ class ModelExecutor:
         (everything a real engine spends per step)."""
         if not batch:
             return StepResult(0.0, [])
-        # the cyclic garbage collector waits until the step is over: a collection inside the
-        # timed region would add milliseconds to whichever step it happened to land in
-        gc_on = gc.isenabled()
-        gc.disable()
-        try:
+        # a collection inside the timed region would add milliseconds to whichever step it hit
+        with gc_paused():
             return self._run(batch)
-        finally:
-            if gc_on:
-                gc.enable()
 
     def _run(self, batch: Batch) -> StepResult:
         cuda = self.device.type == "cuda"

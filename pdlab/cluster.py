@@ -152,6 +152,7 @@ class RunResult:
     steps: list[StepRow] = field(default_factory=list)
     transfers: int = 0
     kv_bytes_moved: int = 0
+    prefix_hit_rate: float | None = None   # prompt tokens served from the prefix cache (when enabled)
 
     def summary(self, slos=None) -> dict:
         from .metrics import summarize
@@ -159,6 +160,8 @@ class RunResult:
         out["mode"] = self.config.mode
         out["gpus"] = self.config.gpus
         out["preemptions"] = sum(s.num_preemptions for s in self.sequences)
+        if self.prefix_hit_rate is not None:
+            out["prefix_hit_rate"] = self.prefix_hit_rate
         if self.config.mode == "disaggregated":
             out["kv_transfers"] = self.transfers
             out["kv_bytes_moved"] = self.kv_bytes_moved
@@ -288,6 +291,9 @@ class Cluster:
                 if w.sched.add(seq):
                     seq.worker = w.name
                     start(w, now)
+        if self.config.prefix_cache:
+            queried = sum(w.sched.bm.queries for w in self.workers)
+            res.prefix_hit_rate = sum(w.sched.bm.hits for w in self.workers) / queried if queried else 0.0
         return res
 
 

@@ -86,3 +86,17 @@ def test_random_alloc_free_never_leaks(ops, block_size, prefix):
         bm.free(s)
     bm.check()
     assert bm.num_free == 64
+
+
+def test_prefix_cache_hit_rate_on_shared_prefixes():
+    from pdlab.cluster import ServingConfig, run_serving
+    from pdlab.request import Request
+    shared = tuple(range(512))     # a 512-token system prompt every request starts with
+    reqs = [Request(i, 0.05 * i, 512 + 64, 8, prompt_ids=shared + tuple(range(1000 + 64 * i, 1064 + 64 * i)))
+            for i in range(10)]
+    on = run_serving(reqs, ServingConfig(mode="chunked", num_blocks=500, prefix_cache=True)).summary()
+    off = run_serving(reqs, ServingConfig(mode="chunked", num_blocks=500)).summary()
+    # 9 of 10 requests reuse 512 of their 576 prompt tokens
+    assert on["prefix_hit_rate"] == 9 * 512 / (10 * 576)
+    assert "prefix_hit_rate" not in off
+    assert on["ttft_s"]["mean"] < off["ttft_s"]["mean"]

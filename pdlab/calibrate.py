@@ -594,14 +594,9 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="pdlab calibrate", description=__doc__.splitlines()[0])
-    add_arguments(ap)
-    args = ap.parse_args(argv)
-    try:
-        return run(args)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    """``python -m pdlab.calibrate ...`` is ``pdlab calibrate ...``: one parser, one error path."""
+    from .cli import main as cli_main
+    return cli_main(["calibrate", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

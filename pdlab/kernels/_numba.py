@@ -16,6 +16,7 @@ keeps working on machines where numba is missing or broken.
 
 from __future__ import annotations
 
+import operator
 import os
 import threading
 
@@ -257,6 +258,25 @@ def load1(kind: str):
 
 
 # ---------------------------------------------------------------------------------------------
+def _lane_reduce_sim(width: int, combine):
+    """Simulator stand-in for a shuffle butterfly: each thread posts its value in a per-block
+    buffer, and after a barrier folds its group's values with ``combine`` (first lane first)."""
+
+    def reduce_sim(x):
+        t = threading.current_thread()
+        buf = t._manager.__dict__.setdefault("_pdlab_lane_buf", {})
+        buf[t.thread_id] = np.float32(x)
+        t.syncthreads()
+        first = t.thread_id - t.thread_id % width
+        acc = buf[first]
+        for i in range(first + 1, first + width):
+            acc = combine(acc, buf[i])
+        t.syncthreads()
+        return acc
+
+    return reduce_sim
+
+
 # Sum a value over a group of `width` neighbouring lanes (a power of two <= 32); every lane of the
 # group gets the total. On a GPU: a butterfly of warp shuffles, no shared memory. The simulator
 # has no shuffles, so it exchanges through a per-block buffer between two barriers. Callers must
@@ -265,20 +285,7 @@ def lane_sum(width: int):
     steps = [1 << k for k in range(width.bit_length() - 1)]
 
     if SIM:
-
-        def lane_sum_sim(x):
-            t = threading.current_thread()
-            buf = t._manager.__dict__.setdefault("_pdlab_lane_buf", {})
-            buf[t.thread_id] = np.float32(x)
-            t.syncthreads()
-            first = t.thread_id - t.thread_id % width
-            total = np.float32(0)
-            for i in range(first, first + width):
-                total += buf[i]
-            t.syncthreads()
-            return total
-
-        return lane_sum_sim
+        return _lane_reduce_sim(width, operator.add)
 
     if width == 16:
 
@@ -305,20 +312,7 @@ def lane_sum(width: int):
 def lane_max(width: int):
     """Like ``lane_sum``, but the maximum over a group of ``width`` (8 or 16) neighbouring lanes."""
     if SIM:
-
-        def lane_max_sim(x):
-            t = threading.current_thread()
-            buf = t._manager.__dict__.setdefault("_pdlab_lane_buf", {})
-            buf[t.thread_id] = np.float32(x)
-            t.syncthreads()
-            first = t.thread_id - t.thread_id % width
-            m = buf[first]
-            for i in range(first + 1, first + width):
-                m = max(m, buf[i])
-            t.syncthreads()
-            return m
-
-        return lane_max_sim
+        return _lane_reduce_sim(width, max)
 
     if width == 16:
 

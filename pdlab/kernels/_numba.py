@@ -124,6 +124,36 @@ def _make_vector_load4_gpu(lane: str):
     return load
 
 
+def _make_store4f_gpu():
+    """An intrinsic ``store(arr, idx, a, b, c, d)``: 4 fp32 values to ``arr[idx:idx+4]`` in one
+    ``st.v4.f32`` (``arr`` 16-byte aligned at ``idx``)."""
+    from llvmlite import ir
+    from numba import types
+    from numba.cuda import cgutils
+    from numba.cuda.extending import intrinsic
+
+    @intrinsic
+    def store(typingctx, arr, idx, a, b, c, d):
+        sig = types.void(arr, idx, types.float32, types.float32, types.float32, types.float32)
+
+        def codegen(context, builder, signature, args):
+            arrty, idxty = signature.args[:2]
+            aval, ival = args[:2]
+            ival = context.cast(builder, ival, idxty, types.intp)
+            ary = context.make_array(arrty)(context, builder, aval)
+            ptr = cgutils.get_item_pointer(context, builder, arrty, ary, [ival], wraparound=False)
+            f32, i32 = ir.FloatType(), ir.IntType(32)
+            vec = ir.Constant(ir.VectorType(f32, 4), ir.Undefined)
+            for w, x in enumerate(args[2:]):
+                vec = builder.insert_element(vec, x, ir.Constant(i32, w))
+            builder.store(vec, builder.bitcast(ptr, ir.VectorType(f32, 4).as_pointer()), align=16)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return store
+
+
 def _make_unpack2_gpu(kind: str):
     from llvmlite import ir
     from numba import types
@@ -185,6 +215,41 @@ def load4f():
     if SIM:
         return _load4f_sim
     return _make_vector_load4_gpu("float32")
+
+
+def _store4f_sim(arr, idx, a, b, c, d):
+    arr[idx], arr[idx + 1], arr[idx + 2], arr[idx + 3] = a, b, c, d
+
+
+def store4f():
+    """The store twin of ``load4f``: 4 fp32 values to ``arr[idx:idx+4]`` in one 16-byte store."""
+    if SIM:
+        return _store4f_sim
+    return _make_store4f_gpu()
+
+
+def paging(block_size: int):
+    """(page_of, in_page) for a paged cache of ``block_size`` tokens per page: token t lives in
+    block-table column page_of(t), at in_page(t) within the page. Powers of two (16, 32) use a
+    shift and a mask: Python's // and % on signed 64-bit indices cost several instructions each."""
+    bs = block_size
+    if bs & (bs - 1) == 0:
+        shift = bs.bit_length() - 1
+
+        def page_of(t):
+            return t >> shift
+
+        def in_page(t):
+            return t & (bs - 1)
+    else:
+        def page_of(t):
+            return t // bs
+
+        def in_page(t):
+            return t % bs
+    if SIM:
+        return page_of, in_page
+    return (cuda.jit(device=True, inline="always")(page_of), cuda.jit(device=True, inline="always")(in_page))
 
 
 def load16(wide: bool = True):
@@ -287,6 +352,17 @@ def lane_sum(width: int):
     if SIM:
         return _lane_reduce_sim(width, operator.add)
 
+    if width == 32:
+
+        def gpu32(x):
+            x += cuda.shfl_xor_sync(0xFFFFFFFF, x, 16)
+            x += cuda.shfl_xor_sync(0xFFFFFFFF, x, 8)
+            x += cuda.shfl_xor_sync(0xFFFFFFFF, x, 4)
+            x += cuda.shfl_xor_sync(0xFFFFFFFF, x, 2)
+            x += cuda.shfl_xor_sync(0xFFFFFFFF, x, 1)
+            return x
+
+        return cuda.jit(device=True, inline="always")(gpu32)
     if width == 16:
 
         def gpu16(x):
@@ -306,14 +382,33 @@ def lane_sum(width: int):
             return x
 
         return cuda.jit(device=True, inline="always")(gpu8)
+    if width == 4:
+
+        def gpu4(x):
+            x += cuda.shfl_xor_sync(0xFFFFFFFF, x, 2)
+            x += cuda.shfl_xor_sync(0xFFFFFFFF, x, 1)
+            return x
+
+        return cuda.jit(device=True, inline="always")(gpu4)
     raise ValueError(f"lane_sum: unsupported width {width} (steps {steps})")
 
 
 def lane_max(width: int):
-    """Like ``lane_sum``, but the maximum over a group of ``width`` (8 or 16) neighbouring lanes."""
+    """Like ``lane_sum``, but the maximum over a group of ``width`` (8, 16 or 32) neighbouring lanes."""
     if SIM:
         return _lane_reduce_sim(width, max)
 
+    if width == 32:
+
+        def gpu32(x):
+            x = max(x, cuda.shfl_xor_sync(0xFFFFFFFF, x, 16))
+            x = max(x, cuda.shfl_xor_sync(0xFFFFFFFF, x, 8))
+            x = max(x, cuda.shfl_xor_sync(0xFFFFFFFF, x, 4))
+            x = max(x, cuda.shfl_xor_sync(0xFFFFFFFF, x, 2))
+            x = max(x, cuda.shfl_xor_sync(0xFFFFFFFF, x, 1))
+            return x
+
+        return cuda.jit(device=True, inline="always")(gpu32)
     if width == 16:
 
         def gpu16(x):
@@ -391,3 +486,25 @@ def num_sms() -> int:
     if SIM:
         return 1
     return cuda.get_current_device().MULTIPROCESSOR_COUNT
+
+
+_occupancy: dict = {}
+
+
+def blocks_per_sm(kernel, threads: int):
+    """How many blocks of a compiled ``kernel`` (one signature) fit on one SM at once, limited by
+    its registers (allocated per warp in units of 256), its static shared memory (plus 1 KB the
+    driver keeps per block) and the SM's thread limit. None on the simulator."""
+    if SIM:
+        return None
+    key = (id(kernel), threads)
+    if key not in _occupancy:
+        dev = cuda.get_current_device()
+        regs = kernel.get_regs_per_thread()
+        smem = kernel.get_shared_mem_per_block() + 1024
+        per_warp = -(-regs * 32 // 256) * 256
+        by_regs = getattr(dev, "MAX_REGISTERS_PER_MULTIPROCESSOR", 65536) // (per_warp * (threads // 32))
+        by_smem = getattr(dev, "MAX_SHARED_MEMORY_PER_MULTIPROCESSOR", 233472) // smem
+        by_threads = getattr(dev, "MAX_THREADS_PER_MULTI_PROCESSOR", 2048) // threads
+        _occupancy[key] = max(1, min(by_regs, by_smem, by_threads, 32))
+    return _occupancy[key]

@@ -1,19 +1,27 @@
 """Paged decode attention: one query token per sequence against its whole paged KV cache.
 
 Decode is memory-bound: every K and V byte of the context is read once per generated token and
-used for only ~2 FLOPs per query head. So the kernel is organised around moving bytes:
+used for only ~2 FLOPs per query head. So the kernel is organised around moving bytes, and
+around spending few instructions on each byte (Nsight Compute on the H200 showed the first
+version issuing an instruction on 74% of cycles: short of issue slots before bandwidth):
 
 - One thread block per (KV head, sequence, split). All ``group`` query heads that share the KV
   head are handled by the same block (GQA), so each K/V byte is read from memory once.
-- A token's K row (head_dim values) is split over ``LPR = head_dim / 8`` neighbouring lanes, each
-  doing one 16-byte load (8 fp16/bf16 values). A 128-thread block thus works on ``128 / LPR``
-  token rows at once, ``UNROLL`` tokens per thread per step, and loads step i+1 while it
-  computes step i (prefetch), so enough bytes are in flight to keep HBM busy.
-- Each lane does its 8 multiply-adds of q.k, then the partial dots are summed over the LPR lanes
-  with warp shuffles (``lane_sum``). Softmax is *online* (running max m, sum l, output acc per
-  query head), so scores never go to memory. The output is rescaled only when a step raises the
-  running max, which after the first few steps is rare: decode is short of instruction issue
-  slots as much as of bandwidth (4 multiply-adds per K/V value for a group of 4 heads).
+- A token's K row (head_dim values) is split over ``LPR = head_dim / 16`` neighbouring lanes;
+  each owns 16 dims and reads them with two 16-byte loads (8 fp16/bf16 values each), one in
+  each half of the row, so a row's lanes read contiguous bytes. Per-token work that every lane
+  repeats (shuffles, exponentials, addresses) is shared by 8 lanes instead of 16. (Groups of 8
+  heads keep 8 dims per lane: their per-lane state would not fit in registers.)
+- A 128-thread block works on ``128 / LPR`` token rows at once, ``UNROLL`` tokens per thread
+  per step. A token's K (and V) registers are refilled with the next step's token as soon as
+  they are used: those loads fly while the rest of the step computes, with no copying between a
+  "current" and a "next" buffer.
+- Each lane does its 16 multiply-adds of q.k per head, then the partial dots are summed over the
+  LPR lanes with warp shuffles (``lane_sum``). Softmax is *online* (running max m, sum l,
+  output acc per query head), so scores never go to memory, and in base 2: q is scaled by
+  scale * log2(e) once, so each exponential is one ``exp2`` instruction. The output is
+  rescaled every step (branch-free: measured faster than skipping the rescale when the max
+  does not grow).
 - q is read in its own dtype (16-byte loads) and the output written in it: no conversion
   kernels around the launch (each would cost a few microseconds in a ~60 us decode step).
 - Tokens past the end of a sequence are clamped to its last token (a re-read, masked out), so
@@ -21,14 +29,16 @@ used for only ~2 FLOPs per query head. So the kernel is organised around moving 
   block-table lookup serves a whole row group.
 - FlashDecoding: with a small batch there are too few (KV head, sequence) blocks to fill 132
   SMs, so the context is cut into ``num_splits`` pieces processed by separate blocks; each writes
-  a partial output and its log-sum-exp, and ``merge_kernel`` combines them. The split count is
-  chosen so that all blocks run in one wave (``BLOCKS_PER_SM`` per SM, fixed by the register
-  cap): a second, partial wave would leave most SMs idle while it runs.
+  a partial output and its log-sum-exp, and the split that finishes last (an atomic counter per
+  sequence and KV head) merges them: no second kernel. The split count is chosen so that all
+  blocks run in one wave (``nb.blocks_per_sm`` from the kernel's registers): a second, partial
+  wave would leave most SMs idle while it runs.
 
-Measured on an H200 (bench/results/kernels-h200-2026-11-29.json; bf16, 32/8 heads, head dim 128):
-3.0-3.1 TB/s at batch 16 x 4096 and 64 x 1024 (70-73% of a device copy), 2.3 TB/s for one
-32k-token sequence (its 64 splits are short, so the per-block start and merge weigh more).
-torch SDPA on dense K/V reaches 3.3-4.1 TB/s.
+Measured on an H200 (bench/results/kernels-h200-2026-11-29.json; bf16, 32/8 heads, head dim 128,
+copy bandwidth 4.27 TB/s): 3.35 TB/s at batch 16 x 4096 and 3.33 at 64 x 1024 (78%), 2.82 for
+one 32k-token sequence (66%: its splits are short, so block start-up and the merge weigh more).
+torch SDPA on dense K/V reaches 3.3-4.1 TB/s. 254 registers per thread leave 8 warps per SM,
+which bounds the bytes in flight: the rest of the gap.
 """
 
 from __future__ import annotations
@@ -46,12 +56,26 @@ from ._numba import SIM, cuda, float32, int32
 
 VEC = 8          # fp16/bf16 values per 16-byte load
 THREADS = 32 if SIM else 128   # 4 warps per block on a GPU; one on the simulator (1 OS thread each)
-UNROLL = 2       # tokens per thread per step (x2 in flight: the next step is prefetched)
+UNROLL = 2       # tokens per thread per step; their next-step loads fly while the step computes
 HEAD_DIMS = (64, 128)
 MIN_TOKENS_PER_SPLIT = 256
-MAX_REGISTERS = 128   # 128 threads x 128 registers: 4 blocks (16 warps) fit on an SM (64K registers)
-BLOCKS_PER_SM = 65536 // (THREADS * MAX_REGISTERS)   # (groups of 8 heads need more: 2 per SM)
-LAZY_RESCALE = True   # rescale the output only when the running max grows (False: every step)
+MAX_SPLITS = 128    # the merging block keeps every split's weight in shared memory
+MAX_REGISTERS = None   # registers per thread left to the compiler (bench/kernels.py tries caps)
+# resident blocks per SM when the kernel's own usage is unknown; the simulator has no SMs, and
+# 16 keeps its automatic split counts above one so the tests exercise the merge
+BLOCKS_PER_SM = 16 if SIM else 2
+# rescale the output only when the running max grows (True), or every step (False). Every step
+# measured faster on the H200: the branch-free loop schedules its loads better than the saved
+# multiplies are worth (bench/results/kernels-h200-2026-11-29.json, "lazy" variant)
+LAZY_RESCALE = False
+LOG2E = float32(1.4426950408889634)   # log2(e): scores in base 2, softmax by exp2
+
+
+def dims_per_lane(group: int) -> int:
+    """Head dims each lane owns: 16 (two 16-byte loads of K and of V per token) when a KV head
+    serves up to 4 query heads; 8 for groups of 8, whose per-lane state (2 x group x dims fp32
+    registers) would not fit in registers otherwise."""
+    return 16 if group <= 4 else 8
 
 
 def _kind(cache) -> str:
@@ -61,15 +85,19 @@ def _kind(cache) -> str:
 @functools.lru_cache(maxsize=None)
 def decode_kernel(kind: str, head_dim: int, group: int, block_size: int, wide: bool = True,
                   unroll: int = UNROLL, qkind: str = "f32", lazy: bool = True,
-                  max_registers=MAX_REGISTERS):
+                  max_registers=MAX_REGISTERS, lane_dims: int = None):
     """Compile (once per configuration) the split-K decode kernel. The arguments are baked in
     as constants so loops over them unroll and the small per-thread arrays live in registers.
     ``wide``: 16-byte loads (else eight 2-byte loads per lane, the slower fallback).
     ``qkind``: dtype of q ("f32", or "f16"/"bf16" passed as int16 bits). ``lazy``: rescale the
-    output only when the running max grows."""
+    output only when the running max grows. ``lane_dims``: head dims per lane (default
+    ``dims_per_lane(group)``)."""
     D, G, BS, U, LAZY = head_dim, group, block_size, unroll, lazy
-    LPR = D // VEC               # lanes sharing one token row: 16 for D=128, 8 for D=64
-    W = VEC // 2                 # int32 words per lane per row (2 values each)
+    DL = lane_dims or dims_per_lane(group)   # dims of a token row this lane owns
+    NV = DL // VEC               # 16-byte loads per lane per row (of K, and again of V)
+    W = DL // 2                  # int32 words per lane per row (2 values each)
+    LPR = D // DL                # lanes sharing one token row: 8 for D=128, 4 for D=64 (DL=16)
+    SL = D // NV                 # width of a slice of the row; a lane owns VEC dims of each
     NG = THREADS // LPR          # token rows a block works on at once
     STEP = NG * U                # tokens a block consumes per loop iteration
     NEG = nb.NEG
@@ -93,130 +121,159 @@ def decode_kernel(kind: str, head_dim: int, group: int, block_size: int, wide: b
     # the page size, a row group never straddles two pages: one block-table lookup (the same for
     # every thread of the group) serves all its rows.
     ALIGNED = BS % NG == 0
+    page_of, in_page = nb.paging(BS)   # token -> (block-table column, slot in the page)
 
-    def slot_of(block_tables, s, t0, row, end):
+    def slot_of(block_tables, s, t0, row, end, last):
         """Cache slot of token t0 + row. Tokens past the end are clamped to the last token (a
-        harmless re-read, masked out later; never an unwritten slot): the loads need no branch."""
+        harmless re-read, masked out later; never an unwritten slot): the loads need no branch.
+        ``last``: the first token of the last row group."""
         if ALIGNED:
-            t0 = min(t0, (end - 1) - (end - 1) % NG)      # the last row group, if past the end
-            return block_tables[s, t0 // BS] * BS + t0 % BS + min(row, end - 1 - t0)
+            t0 = min(t0, last)
+            return block_tables[s, page_of(t0)] * BS + in_page(t0) + min(row, end - 1 - t0)
         t = min(t0 + row, end - 1)
-        return block_tables[s, t // BS] * BS + t % BS
+        return block_tables[s, page_of(t)] * BS + in_page(t)
 
     if not SIM:
         q8 = cuda.jit(device=True, inline="always")(q8)
         slot_of = cuda.jit(device=True, inline="always")(slot_of)
     pack = nb.pack1(qkind)       # fp32 -> the output's dtype (q's)
+    load4f = nb.load4f()         # 4 fp32 in one 16-byte load (the merge reads partial outputs)
+    R = 8                        # partial outputs a merging thread loads before summing them
+    warp_max, warp_sum = nb.lane_max(32), nb.lane_sum(32)
+    NW = G * MAX_SPLITS
     q_t = "float32" if qkind == "f32" else "int16"
     sig = None if SIM else (
         f"void({q_t}[::1], int16[::1], int16[::1], int32[:, ::1], int32[::1], "
-        f"float32, int32, float32[:, :, :, ::1], float32[:, :, ::1], {q_t}[::1])")
+        f"float32, int32, float32[::1], float32[:, :, ::1], int32[::1], {q_t}[::1])")
 
     @nb.kernel(sig=sig, max_registers=max_registers)
     def decode_kernel(q, k_cache, v_cache, block_tables, seq_lens, scale, split_len, o_part, lse_part,
-                      out):
+                      done, out):
         # q            [S * H * D]               query, one per sequence (flat; fp32 or 16-bit)
         # k/v_cache    [num_slots * Hkv * D]     flat paged cache, 16-bit values as int16
         # block_tables [S, max_blocks] int32;  seq_lens [S] int32
-        # o_part       [S, H, num_splits, D]     fp32 output of this split (normalised)
-        # lse_part     [S, H, num_splits]        fp32 log-sum-exp of this split's scores
-        # out          [S * H * D]               the output in q's dtype, when there is one split
+        # o_part       [S * H * P * D]           fp32 output of each of the P splits (normalised)
+        # lse_part     [S, H, P]                 fp32 log2-sum-exp2 of each split's scores
+        # done         [S * Hkv] int32           splits finished per (sequence, KV head); all 0
+        #                                        between launches (the merging split resets it)
+        # out          [S * H * D]               the output, in q's dtype
         kvh = cuda.blockIdx.x
         s = cuda.blockIdx.y
         split = cuda.blockIdx.z
         hkv = cuda.gridDim.x
+        P = cuda.gridDim.z
         tid = cuda.threadIdx.x
         row = tid // LPR         # which token row of the current step this thread works on
-        d0 = (tid % LPR) * VEC   # which 8 dims of that row
+        # which dims of that row: VEC of them in each of the NV slices of width D/NV, so that a
+        # row's LPR lanes read one contiguous run of LPR * 16 bytes per load (coalesced)
+        d0 = (tid % LPR) * VEC
         start = split * split_len
         end = min(start + split_len, seq_lens[s])
+        last = (end - 1) - (end - 1) % NG   # first token of the last row group
+        kvoff = kvh * D + d0                # element offset of this lane's dims within a slot
+        stride = hkv * D                    # elements per cache slot
 
-        qv = cuda.local.array((G, VEC), float32)    # this lane's slice of every query head
-        acc = cuda.local.array((G, VEC), float32)   # unnormalised output slice per head
-        m = cuda.local.array(G, float32)            # running max score per head
-        l = cuda.local.array(G, float32)            # running sum of exp(score - m) per head
-        kw = cuda.local.array((U, W), int32)        # raw K/V words being loaded (next step)
-        vw = cuda.local.array((U, W), int32)
-        kc = cuda.local.array((U, W), int32)        # raw K/V words being used (this step)
-        vc = cuda.local.array((U, W), int32)
-        sc = cuda.local.array(U, float32)           # this step's scores for one head
-        ok = cuda.local.array(U, types.boolean)     # which of this step's tokens are real
-        kf = cuda.local.array(VEC, float32)
+        qv = cuda.local.array((G, DL), float32)    # this lane's slice of every query head
+        acc = cuda.local.array((G, DL), float32)   # unnormalised output slice per head
+        m = cuda.local.array(G, float32)           # running max score per head
+        l = cuda.local.array(G, float32)           # running sum of 2^(score - m) per head
+        kb = cuda.local.array((U, W), int32)       # raw K words of this step's U tokens
+        vb = cuda.local.array((U, W), int32)       # raw V words of the same tokens
+        at = cuda.local.array(U, types.int64)      # cache offset of the next step's tokens
+        sc = cuda.local.array((G, U), float32)     # this step's scores, then probabilities
+        kf = cuda.local.array(DL, float32)
+        # Scores in base 2: q is scaled by scale * log2(e) once, so softmax uses exp2 (one
+        # instruction) and the split results carry a log2-sum-exp2.
+        qscale = scale * LOG2E
         for g in range(G):
-            qq = q8(q, ((s * hkv + kvh) * G + g) * D + d0)
-            for i in range(VEC):
-                qv[g, i] = qq[i] * scale           # fold the scale into q once
+            for v in range(NV):
+                qq = q8(q, ((s * hkv + kvh) * G + g) * D + v * SL + d0)
+                for i in range(VEC):
+                    qv[g, v * VEC + i] = qq[i] * qscale
+            for i in range(DL):
                 acc[g, i] = float32(0)
             m[g] = NEG
             l[g] = float32(0)
         # prologue: start loading the first step
         for u in range(U):
-            slot = slot_of(block_tables, s, start + u * NG, row, end)   # paging: block id -> slot
-            idx = (slot * hkv + kvh) * D + d0
-            k4 = load16(k_cache, idx)
-            v4 = load16(v_cache, idx)
-            for w in range(W):
-                kw[u, w] = k4[w]
-                vw[u, w] = v4[w]
+            at[u] = slot_of(block_tables, s, start + u * NG, row, end, last) * stride + kvoff
+            for v in range(NV):
+                k4 = load16(k_cache, at[u] + v * SL)
+                v4 = load16(v_cache, at[u] + v * SL)
+                for w in range(4):
+                    kb[u, 4 * v + w] = k4[w]
+                    vb[u, 4 * v + w] = v4[w]
 
         # Same trip count for every thread of the block: row_sum needs all lanes present.
         for base in range(start, end, STEP):
-            # 1) take this step's words, then issue the next step's loads before computing:
-            #    the memory system works on step i+1 while the ALUs work on step i
+            nxt = base + STEP
+            # 1) scores of this step's tokens. Each token's K registers are refilled with the
+            #    next step's token as soon as they are used: those loads fly while the rest of
+            #    the step computes (no copies between a "current" and a "next" buffer)
             for u in range(U):
                 for w in range(W):
-                    kc[u, w] = kw[u, w]
-                    vc[u, w] = vw[u, w]
-            for u in range(U):
-                slot = slot_of(block_tables, s, base + STEP + u * NG, row, end)
-                idx = (slot * hkv + kvh) * D + d0
-                k4 = load16(k_cache, idx)
-                v4 = load16(v_cache, idx)
-                for w in range(W):
-                    kw[u, w] = k4[w]
-                    vw[u, w] = v4[w]
-            for u in range(U):
-                ok[u] = base + u * NG + row < end         # a real token, not a clamped re-read
-            # 2) per query head: U scores, one max/rescale for the step, then P.V
+                    a, b = unpack2(kb[u, w])
+                    kf[2 * w] = a
+                    kf[2 * w + 1] = b
+                for g in range(G):
+                    part = float32(0)
+                    for i in range(DL):
+                        part += qv[g, i] * kf[i]
+                    sc[g, u] = row_sum(part)               # full q.k, on every lane of the row
+                at[u] = slot_of(block_tables, s, nxt + u * NG, row, end, last) * stride + kvoff
+                for v in range(NV):
+                    k4 = load16(k_cache, at[u] + v * SL)
+                    for w in range(4):
+                        kb[u, 4 * v + w] = k4[w]
+            # 2) online softmax per query head: one max (and, rarely, one rescale) per step
             for g in range(G):
                 mx = m[g]
                 for u in range(U):
-                    for w in range(W):
-                        a, b = unpack2(kc[u, w])
-                        kf[2 * w] = a
-                        kf[2 * w + 1] = b
-                    part = float32(0)
-                    for i in range(VEC):
-                        part += qv[g, i] * kf[i]
-                    sc[u] = row_sum(part)                  # full q.k, on every lane of the row
-                    if ok[u]:
-                        mx = max(mx, sc[u])
+                    if base + u * NG + row < end:          # a real token, not a clamped re-read
+                        mx = max(mx, sc[g, u])
                 if mx > m[g] or not LAZY:                  # the max grew: rescale what was summed
-                    alpha = math.exp(m[g] - mx)            # (all lanes of a row agree on mx)
+                    alpha = math.exp2(m[g] - mx)           # (all lanes of a row agree on mx)
                     l[g] *= alpha
-                    for i in range(VEC):
+                    for i in range(DL):
                         acc[g, i] *= alpha
+                    m[g] = mx
                 lsum = l[g]
                 for u in range(U):
-                    p = math.exp(sc[u] - mx) if ok[u] else float32(0)
+                    p = math.exp2(sc[g, u] - mx) if base + u * NG + row < end else float32(0)
                     lsum += p
-                    for w in range(W):
-                        a, b = unpack2(vc[u, w])
-                        acc[g, 2 * w] += p * a
-                        acc[g, 2 * w + 1] += p * b
+                    sc[g, u] = p
                 l[g] = lsum
-                m[g] = mx
+            # 3) P.V, each V row unpacked once for all heads; then refill its registers
+            for u in range(U):
+                for w in range(W):
+                    a, b = unpack2(vb[u, w])
+                    kf[2 * w] = a
+                    kf[2 * w + 1] = b
+                for g in range(G):
+                    p = sc[g, u]
+                    for i in range(DL):
+                        acc[g, i] += p * kf[i]
+                for v in range(NV):
+                    v4 = load16(v_cache, at[u] + v * SL)
+                    for w in range(4):
+                        vb[u, 4 * v + w] = v4[w]
 
-        # 3) the NG rows saw different tokens: merge their (m, l, acc) through shared memory
+        # 4) the NG rows saw different tokens: merge their (m, l, acc) through shared memory
         sm_m = cuda.shared.array((NG, G), float32)
         sm_l = cuda.shared.array((NG, G), float32)
         sm_acc = cuda.shared.array((NG, G, D), float32)
+        sm_last = cuda.shared.array(1, int32)               # the merge step's arrival count
+        sm_w = cuda.shared.array(NW, float32)               # every split's merge weight, per head
+        sm_tot = cuda.shared.array(G, float32)              # ... and their sum
+        ov = cuda.local.array((R, 4), float32)
+        mv = cuda.local.array(4, float32)
         for g in range(G):
             if d0 == 0:
                 sm_m[row, g] = m[g]
                 sm_l[row, g] = l[g]
-            for i in range(VEC):
-                sm_acc[row, g, d0 + i] = acc[g, i]
+            for v in range(NV):
+                for i in range(VEC):
+                    sm_acc[row, g, v * SL + d0 + i] = acc[g, v * VEC + i]
         cuda.syncthreads()
         for o in range(tid, G * D, THREADS):
             g = o // D
@@ -227,66 +284,88 @@ def decode_kernel(kind: str, head_dim: int, group: int, block_size: int, wide: b
             tot = float32(0)
             val = float32(0)
             for r in range(NG):
-                w = math.exp(sm_m[r, g] - mx)
+                w = math.exp2(sm_m[r, g] - mx)
                 tot += sm_l[r, g] * w
                 val += sm_acc[r, g, d] * w
             h = kvh * G + g
-            if cuda.gridDim.z == 1:                       # one split: this is the answer
+            if P == 1:                                    # one split: this is the answer
                 out[(s * hkv * G + h) * D + d] = pack(val / tot)   # tot > 0: seq_len >= 1
             else:
                 lse = NEG
                 if tot > float32(0):
-                    o_part[s, h, split, d] = val / tot
-                    lse = mx + math.log(tot)
+                    o_part[((s * hkv * G + h) * P + split) * D + d] = val / tot
+                    lse = mx + math.log2(tot)
                 else:                                     # an empty split (past seq_len)
-                    o_part[s, h, split, d] = float32(0)
+                    o_part[((s * hkv * G + h) * P + split) * D + d] = float32(0)
                 if d == 0:
                     lse_part[s, h, split] = lse
+        if P == 1:
+            return
+
+        # 5) FlashDecoding merge, done by whichever split of this (sequence, KV head) finishes
+        #    last: it finds every split's partial in L2, and no second kernel launch is needed
+        cuda.threadfence()               # this split's partials are visible GPU-wide ...
+        cuda.syncthreads()
+        if tid == 0:                     # ... before it counts itself done
+            sm_last[0] = cuda.atomic.add(done, s * hkv + kvh, 1)
+        cuda.syncthreads()
+        if sm_last[0] != P - 1:
+            return                       # (block-uniform) not the last: nothing more to do
+        cuda.threadfence()
+        # each split's weight 2^(lse_p - max) per head: warp w takes heads w, w + 4, ..., its
+        # lane p split p (32 at a time), and reduces with shuffles
+        lane = tid % 32
+        for g in range(tid // 32, G, THREADS // 32):
+            h = kvh * G + g
+            mx = NEG
+            for p0 in range(0, P, 32):
+                x = lse_part[s, h, p0 + lane] if p0 + lane < P else NEG
+                mx = max(mx, warp_max(x))
+            tot = float32(0)
+            for p0 in range(0, P, 32):
+                x = lse_part[s, h, p0 + lane] if p0 + lane < P else NEG
+                w = math.exp2(x - mx)                          # 0 for an empty split (lse -1e30)
+                if p0 + lane < P:
+                    sm_w[g * MAX_SPLITS + p0 + lane] = w
+                tot += warp_sum(w)
+            if lane == 0:
+                sm_tot[g] = tot
+        cuda.syncthreads()
+        for o4 in range(tid, G * D // 4, THREADS):           # 4 output dims per thread
+            g = o4 // (D // 4)
+            d = (o4 % (D // 4)) * 4
+            h = kvh * G + g
+            tot = sm_tot[g]
+            for i in range(4):
+                mv[i] = float32(0)
+            for p0 in range(0, P, R):
+                for r in range(R):                           # R 16-byte loads in flight ...
+                    if p0 + r < P:
+                        ov[r, 0], ov[r, 1], ov[r, 2], ov[r, 3] = load4f(
+                            o_part, ((s * hkv * G + h) * P + p0 + r) * D + d)
+                for r in range(R):                           # ... then summed
+                    if p0 + r < P:
+                        w = sm_w[g * MAX_SPLITS + p0 + r]
+                        for i in range(4):
+                            mv[i] += w * ov[r, i]
+            for i in range(4):
+                out[(s * hkv * G + h) * D + d + i] = pack(mv[i] / tot)
+        if tid == 0:
+            done[s * hkv + kvh] = 0      # ready for the next launch (and the next graph replay)
 
     return decode_kernel
-
-
-@functools.lru_cache(maxsize=None)
-def merge_kernel(okind: str = "f32"):
-    """Combine the splits: out = sum_p exp(lse_p - max) * o_p / sum_p exp(lse_p - max), written
-    in the output's dtype (``okind``: "f32", or "f16"/"bf16" bits as int16)."""
-    pack = nb.pack1(okind)
-    o_t = "float32" if okind == "f32" else "int16"
-    sig = None if SIM else f"void(float32[:, :, :, ::1], float32[:, :, ::1], {o_t}[::1])"
-
-    @nb.kernel(sig=sig)
-    def merge_kernel(o_part, lse_part, out):
-        # o_part [S, H, P, D], lse_part [S, H, P] -> out [S * H * D]; grid (H, S), one thread per d
-        h = cuda.blockIdx.x
-        s = cuda.blockIdx.y
-        d = cuda.threadIdx.x
-        n = lse_part.shape[2]
-        mx = nb.NEG
-        for p in range(n):
-            mx = max(mx, lse_part[s, h, p])
-        tot = float32(0)
-        val = float32(0)
-        for p in range(n):
-            w = math.exp(lse_part[s, h, p] - mx)   # 0 for empty splits (lse = -1e30)
-            tot += w
-            val += w * o_part[s, h, p, d]
-        out[(s * cuda.gridDim.x + h) * o_part.shape[3] + d] = pack(val / tot)
-
-    return merge_kernel
 
 
 #: "wide" (16-byte loads) unless building them failed on this machine, then "scalar"
 LOAD_PATH = "wide"
 
 
-def _get_kernel(kind, d, group, bs, unroll=None, qkind="f32"):
+def _get_kernel(kind, d, group, bs, unroll=None, qkind="f32", max_registers=MAX_REGISTERS, lane_dims=None):
     global LOAD_PATH
     unroll = unroll or UNROLL
-    # the cap fits the default unroll with up to 4 heads per KV head; more state would spill
-    regs = MAX_REGISTERS if unroll == UNROLL and group <= 4 else None
     if LOAD_PATH == "wide":
         try:
-            k = decode_kernel(kind, d, group, bs, True, unroll, qkind, LAZY_RESCALE, regs)
+            k = decode_kernel(kind, d, group, bs, True, unroll, qkind, LAZY_RESCALE, max_registers, lane_dims)
             if not SIM:
                 for compiled in k.overloads.values():
                     compiled.bind()   # assemble and load now, so a PTX error surfaces here
@@ -296,7 +375,7 @@ def _get_kernel(kind, d, group, bs, unroll=None, qkind="f32"):
 
             warnings.warn(f"16-byte loads unavailable ({type(e).__name__}: {e}); using 2-byte loads")
             LOAD_PATH = "scalar"
-    return decode_kernel(kind, d, group, bs, False, unroll, qkind, LAZY_RESCALE, regs)
+    return decode_kernel(kind, d, group, bs, False, unroll, qkind, LAZY_RESCALE, max_registers, lane_dims)
 
 
 def check_supported(head_dim: int, group: int) -> None:
@@ -308,62 +387,90 @@ def check_supported(head_dim: int, group: int) -> None:
 
 
 def choose_splits(num_seqs: int, num_kv_heads: int, max_context: int, blocks_per_sm: int = None) -> int:
-    """FlashDecoding split count: as many splits as fit in *one wave* of blocks (BLOCKS_PER_SM
-    resident blocks on each SM), but no split shorter than MIN_TOKENS_PER_SPLIT tokens (each
-    split costs a partial write and a share of the merge). Rounding up instead (say 5 splits of
-    16 x 8 blocks = 640 > 528 slots) starts a second wave that runs on a few SMs while the rest
-    idle. No split once the batch alone fills the slots."""
+    """FlashDecoding split count: as many splits as fit in *one wave* of blocks (``blocks_per_sm``
+    resident blocks on each SM, set by the kernel's registers), but no split shorter than
+    MIN_TOKENS_PER_SPLIT tokens (each split costs a partial write and a share of the merge).
+    Rounding up instead (say 3 splits of 16 x 8 blocks = 384 > 264 slots) starts a second wave
+    that runs on a few SMs while the rest idle. No split once the batch alone fills the slots."""
     blocks = max(1, num_seqs * num_kv_heads)
     slots = (blocks_per_sm or BLOCKS_PER_SM) * nb.num_sms()
-    return max(1, min(slots // blocks, -(-max_context // MIN_TOKENS_PER_SPLIT)))
+    return max(1, min(slots // blocks, -(-max_context // MIN_TOKENS_PER_SPLIT), MAX_SPLITS))
 
 
-def split_plan(max_context: int, num_splits: int, head_dim: int, unroll=None):
+def tokens_per_step(head_dim: int, group: int, unroll=None, lane_dims=None) -> int:
+    """Tokens a block consumes per loop iteration: its token rows times the unroll."""
+    return THREADS // (head_dim // (lane_dims or dims_per_lane(group))) * (unroll or UNROLL)
+
+
+def split_plan(max_context: int, num_splits: int, head_dim: int, unroll=None, group: int = 4, lane_dims=None):
     """(splits, tokens per split) for ``num_splits`` requested: every split but the last starts on
     a whole block step (and so on a row group), so the split count can come out a little lower."""
-    step = (THREADS // (head_dim // VEC)) * (unroll or UNROLL)   # tokens a block consumes per step
-    split_len = -(-max_context // num_splits)
+    step = tokens_per_step(head_dim, group, unroll, lane_dims)
+    split_len = -(-max_context // min(num_splits, MAX_SPLITS))
     split_len = -(-split_len // step) * step
     return -(-max_context // split_len), split_len
 
 
+def auto_splits(q, k_cache, block_tables, unroll=None, max_registers=MAX_REGISTERS, lane_dims=None) -> int:
+    """The split count ``decode_attention`` picks for these shapes (no host sync): one wave of
+    the kernel's resident blocks."""
+    nblk, bs, hkv, d = k_cache.shape
+    k = _get_kernel(_kind(k_cache), d, q.shape[1] // hkv, bs, unroll,
+                    "f32" if q.dtype == torch.float32 else _kind(q), max_registers, lane_dims)
+    return choose_splits(q.shape[0], hkv, block_tables.shape[1] * bs, nb.blocks_per_sm(k, THREADS))
+
+
 def decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale, num_splits=None, check=True,
-                     unroll=None):
+                     unroll=None, max_registers=MAX_REGISTERS, lane_dims=None):
     """q [S, H, D] -> out [S, H, D] (q's dtype). ``num_splits`` fixes the FlashDecoding split
-    count (default: chosen from the batch and the block table width, no host sync). ``check=False``
-    skips argument validation (the CUDA-graph path validates once before capture)."""
+    count (default: ``auto_splits``, from the shapes alone, no host sync). ``check=False`` skips
+    argument validation (the CUDA-graph path validates once before capture). ``unroll``,
+    ``max_registers`` and ``lane_dims`` pick a kernel variant (benchmarks)."""
     if check:
         validate.check_decode(q, k_cache, v_cache, block_tables, seq_lens, scale)
     nblk, bs, hkv, d = k_cache.shape
     S, H, _ = q.shape
-    check_supported(d, H // hkv)
+    G = H // hkv
+    check_supported(d, G)
     out = torch.empty(S, H, d, dtype=q.dtype, device=q.device)   # [S, H, D], written by a kernel
     if S == 0:
         return out
+    qkind = "f32" if q.dtype == torch.float32 else _kind(q)
+    k = _get_kernel(_kind(k_cache), d, G, bs, unroll, qkind, max_registers, lane_dims)
     max_ctx = block_tables.shape[1] * bs          # upper bound on any seq_len, known without a sync
-    splits = num_splits or choose_splits(S, hkv, max_ctx)
-    splits, split_len = split_plan(max_ctx, splits, d, unroll)
+    splits = num_splits or choose_splits(S, hkv, max_ctx, nb.blocks_per_sm(k, THREADS))
+    splits, split_len = split_plan(max_ctx, splits, d, unroll, G, lane_dims)
     if splits == 1:                                # the kernel writes `out` itself: no partials
-        o_part = torch.empty(1, 1, 1, d, dtype=torch.float32, device=q.device)
+        o_part = torch.empty(4, dtype=torch.float32, device=q.device)
         lse = torch.empty(1, 1, 1, dtype=torch.float32, device=q.device)
     else:
-        o_part = torch.empty(S, H, splits, d, dtype=torch.float32, device=q.device)
-        lse = torch.empty(S, H, splits, dtype=torch.float32, device=q.device)
+        o_part = torch.empty(S * H * splits * d, dtype=torch.float32, device=q.device)   # [S, H, P, D]
+        lse = torch.empty(S, H, splits, dtype=torch.float32, device=q.device)         # [S, H, P]
     # q goes in as it is (no conversion kernel) and out comes back in q's dtype: fp32, or
     # fp16/bf16 as int16 bits (q read 16 bytes at a time)
-    qkind = "f32" if q.dtype == torch.float32 else _kind(q)
     qf, of = q.contiguous().view(-1), out.view(-1)
     if qkind != "f32":
         qf, of = qf.view(torch.int16), of.view(torch.int16)
         if qf.data_ptr() % 16:                    # an odd view: 16-byte loads need alignment
             qf = qf.clone()
     st = nb.stream()
-    k = _get_kernel(_kind(k_cache), d, H // hkv, bs, unroll, qkind)
     k[(hkv, S, splits), THREADS, st](
         nb.as_numba(qf), nb.as_numba(k_cache.view(torch.int16).view(-1), persistent=True),
         nb.as_numba(v_cache.view(torch.int16).view(-1), persistent=True), nb.as_numba(block_tables),
         nb.as_numba(seq_lens), float32(scale), split_len, nb.as_numba(o_part), nb.as_numba(lse),
-        nb.as_numba(of))
-    if splits > 1:
-        merge_kernel(qkind)[(H, S), d, st](nb.as_numba(o_part), nb.as_numba(lse), nb.as_numba(of))
+        nb.as_numba(done_counters(S * hkv, q.device), persistent=True), nb.as_numba(of))
     return out
+
+
+_done: dict = {}
+
+
+def done_counters(n: int, device) -> torch.Tensor:
+    """The merge step's per-(sequence, KV head) arrival counters: one zeroed int32 buffer per
+    device, kept for the process (the kernel leaves it zeroed again), grown when a larger batch
+    comes. Allocated on the first, eager call, so CUDA-graph capture finds it ready."""
+    buf = _done.get(str(device))
+    if buf is None or buf.numel() < n:
+        buf = torch.zeros(max(n, 4096), dtype=torch.int32, device=device)
+        _done[str(device)] = buf
+    return buf

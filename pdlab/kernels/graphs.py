@@ -14,18 +14,17 @@ from __future__ import annotations
 import torch
 
 from . import validate
-from .decode_attention import choose_splits, decode_attention
+from .decode_attention import auto_splits, decode_attention
 
 
 class DecodeGraph:
-    def __init__(self, q, k_cache, v_cache, block_tables, seq_lens, scale, num_splits=None, unroll=None):
+    def __init__(self, q, k_cache, v_cache, block_tables, seq_lens, scale, num_splits=None, **variant):
         validate.check_decode(q, k_cache, v_cache, block_tables, seq_lens, scale)  # once, eagerly
         self.q, self.k_cache, self.v_cache = q, k_cache, v_cache
         self.block_tables, self.seq_lens, self.scale = block_tables, seq_lens, scale
-        self.unroll = unroll
+        self.variant = variant           # kernel variant options of decode_attention (benchmarks)
         # fixed split count: the graph's grid cannot change between replays
-        self.num_splits = num_splits or choose_splits(
-            q.shape[0], k_cache.shape[2], block_tables.shape[1] * k_cache.shape[1])
+        self.num_splits = num_splits or auto_splits(q, k_cache, block_tables, **variant)
         self._run()                      # compile, load the module, wrap the cache: not capturable
         torch.cuda.synchronize()
         self.graph = torch.cuda.CUDAGraph()
@@ -34,8 +33,7 @@ class DecodeGraph:
 
     def _run(self):
         return decode_attention(self.q, self.k_cache, self.v_cache, self.block_tables, self.seq_lens,
-                                self.scale, num_splits=self.num_splits, check=False,
-                                unroll=self.unroll)
+                                self.scale, num_splits=self.num_splits, check=False, **self.variant)
 
     def replay(self):
         self.graph.replay()

@@ -19,7 +19,7 @@ SCRIPT = textwrap.dedent("""
             da.decode_kernel('bf16', 128, 4, 16, True, 2, 'bf16'), da.decode_kernel('f16', 64, 2, 12, True, 4, 'f16'),
             pa.prefill_kernel('bf16', 128, 4, 16), pa.prefill_kernel('f16', 64, 1, 32),
             pa.prefill_kernel('bf16', 128, 8, 16, (256, 64, 64, 32, 32), 128),
-            da.merge_kernel(), da.merge_kernel('bf16'), da.merge_kernel('f16'), cache_ops._write_kv_kernel()]
+            cache_ops._write_kv_kernel()]
     for f, sig in jobs:
         args, ret = normalize_signature(sig)
         ir = compile_cuda(f, ret, args, fastmath=True, cc=(9, 0)).library.get_llvm_str()
@@ -31,4 +31,4 @@ SCRIPT = textwrap.dedent("""
 def test_gpu_kernels_lower_on_cpu():
     r = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True,
                        env={**__import__("os").environ, "NUMBA_ENABLE_CUDASIM": "0"})
-    assert r.returncode == 0 and "lowered 11" in r.stdout, r.stderr[-3000:]
+    assert r.returncode == 0 and "lowered 8" in r.stdout, r.stderr[-3000:]

@@ -32,9 +32,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 H, HKV, D, BS = 32, 8, 128, 16
 # prefill variants tried: (tile = (threads, BM, BN, DC, VH), register cap); the first is the
 # package default. A cap lets more blocks share an SM (65536 registers) at the price of spills.
-PREFILL_VARIANTS = [((128, 64, 64, 32, 32), None), ((128, 64, 64, 32, 32), 168),
-                    ((256, 64, 64, 32, 32), None), ((256, 64, 64, 32, 32), 128), ((128, 32, 64, 32, 32), 128)]
+PREFILL_VARIANTS = [((256, 64, 64, 32, 32), 128), ((256, 64, 64, 32, 32), None),
+                    ((128, 64, 64, 32, 32), None), ((128, 64, 64, 32, 32), 168)]
 DTYPE = torch.bfloat16
+# decode variants: (name, decode_attention options, lazy rescale, split multiplier); the first is
+# the package default. lanes8: each lane owns 8 head dims (the layout groups of 8 heads use).
+# lazy: rescale only when the running max grows (the default rescales every step, branch-free).
+DECODE_VARIANTS = [("default", {}, False, 1), ("splits_x2", {}, False, 2), ("lazy_rescale", {}, True, 1),
+                   ("unroll3", dict(unroll=3), False, 1), ("unroll4", dict(unroll=4), False, 1),
+                   ("lanes8_cap128", dict(lane_dims=8, max_registers=128), False, 1),
+                   ("lanes8_unroll4", dict(lane_dims=8, unroll=4), False, 1)]
 
 
 def timed(fn, iters=20, repeats=5):
@@ -85,27 +92,19 @@ def bench_decode(nbk, batch, context):
     kv_bytes = 2 * batch * context * HKV * D * k_cache.element_size()
     ref = torch_ref_decode(q, k_cache, v_cache, bt, sl, scale)
     variants = []
-    auto = da.choose_splits(batch, HKV, context)
-    # the previous split rule, for comparison: ~4 blocks per SM, rounded up (not one wave)
-    blocks, sms = batch * HKV, torch.cuda.get_device_properties(0).multi_processor_count
-    old = 1 if blocks >= 3 * sms else max(1, min(-(-4 * sms // blocks), -(-context // da.MIN_TOKENS_PER_SPLIT)))
-    # (unroll: tokens per thread per step, lazy: rescale only when the max grows, splits)
-    # unroll 3 needs 160 registers (no cap): 3 blocks per SM, so its own one-wave split count
-    plan = [(2, True, s) for s in sorted({auto, 2 * auto, old})] + [
-        (2, False, auto), (3, True, da.choose_splits(batch, HKV, context, blocks_per_sm=3))]
-    for unroll, lazy, splits in plan:
+    package_lazy = da.LAZY_RESCALE
+    for name, opts, lazy, more_splits in DECODE_VARIANTS:
         da.LAZY_RESCALE = lazy
-        g = DecodeGraph(q, k_cache, v_cache, bt, sl, scale, num_splits=splits, unroll=unroll)
+        splits = da.auto_splits(q, k_cache, bt, **opts) * more_splits
+        g = DecodeGraph(q, k_cache, v_cache, bt, sl, scale, num_splits=splits, **opts)
         ms = timed(g.replay, iters=50)
         err = (g.replay().float() - ref.float()).abs().max().item()
-        effective_splits = da.split_plan(context, splits, D, unroll)[0]
-        variants.append(dict(unroll=unroll, lazy_rescale=lazy, num_splits=effective_splits,
-                             auto_splits=splits == auto, ms=ms, tbps=kv_bytes / (ms * 1e-3) / 1e12,
-                             max_abs_err_vs_torch=err))
+        effective_splits = da.split_plan(context, splits, D, opts.get("unroll"), H // HKV, opts.get("lane_dims"))[0]
+        variants.append(dict(name=name, **opts, lazy_rescale=lazy, num_splits=effective_splits, ms=ms,
+                             tbps=kv_bytes / (ms * 1e-3) / 1e12, max_abs_err_vs_torch=err))
         del g
-    da.LAZY_RESCALE = True
-    default = variants[[v["auto_splits"] and v["unroll"] == 2 and v["lazy_rescale"]
-                        for v in variants].index(True)]
+    da.LAZY_RESCALE = package_lazy
+    default = variants[0]
     best = min(variants, key=lambda v: v["ms"])
     eager_ms = timed(lambda: nbk.decode_attention(q, k_cache, v_cache, bt, sl, scale, check=False), iters=20)
     # SDPA on the same K/V stored dense: [B, HKV, ctx, D]
@@ -116,7 +115,7 @@ def bench_decode(nbk, batch, context):
     del k_cache, v_cache, kd, vd
     torch.cuda.empty_cache()
     # the headline number is the package default (what the engine runs), not the best variant
-    return dict(batch=batch, context=context, unroll=default["unroll"], num_splits=default["num_splits"],
+    return dict(batch=batch, context=context, num_splits=default["num_splits"],
                 ms=default["ms"], tbps=default["tbps"], best_variant_tbps=best["tbps"], eager_ms=eager_ms,
                 eager_tbps=kv_bytes / (eager_ms * 1e-3) / 1e12,
                 sdpa_ms=sdpa_ms, sdpa_tbps=kv_bytes / (sdpa_ms * 1e-3) / 1e12,
@@ -173,13 +172,14 @@ def bench_launch(nbk):
 
     k_cache, v_cache, bt, sl = paged_cache(1, 16)
     q32 = torch.randn(1, H, D, device="cuda")
-    o = torch.empty(1, H, 1, D, device="cuda")
+    o = torch.empty(4, device="cuda")            # no partials: one split
     lse = torch.empty(1, H, 1, device="cuda")
+    done = torch.zeros(HKV, dtype=torch.int32, device="cuda")
     out = torch.empty(H * D, device="cuda")
     kern = da._get_kernel("bf16", D, H // HKV, BS)
     args = (nb.as_numba(q32.view(-1)), nb.as_numba(k_cache.view(-1), persistent=True),
             nb.as_numba(v_cache.view(-1), persistent=True), nb.as_numba(bt), nb.as_numba(sl),
-            nb.float32(D ** -0.5), 16, nb.as_numba(o), nb.as_numba(lse), nb.as_numba(out))
+            nb.float32(D ** -0.5), 16, nb.as_numba(o), nb.as_numba(lse), nb.as_numba(done), nb.as_numba(out))
     grid = (HKV, 1, 1)
     n = 200
 
@@ -275,6 +275,7 @@ def main(argv=None):
     from pdlab.kernels import get_backend
     from pdlab.kernels import decode_attention as da
     from pdlab.kernels import prefill_attention as pa
+    from pdlab.kernels import _numba as nb
 
     nbk = get_backend("numba")
     res = dict(gpu=torch.cuda.get_device_name(0), driver=driver(), versions=versions(),
@@ -309,10 +310,13 @@ def main(argv=None):
     def usage(kern):  # registers per thread (occupancy: 65536 per SM) and spilled bytes
         return dict(regs=kern.get_regs_per_thread(), local_bytes=kern.get_local_mem_per_thread())
 
-    for u, lazy in ((2, True), (2, False), (3, True)):
-        regs = da.MAX_REGISTERS if u == da.UNROLL else None
-        res["registers"][f"decode_u{u}{'' if lazy else '_eager_rescale'}"] = attempt("registers", lambda: usage(
-            da.decode_kernel("bf16", D, H // HKV, BS, da.LOAD_PATH == "wide", u, "bf16", lazy, regs)))
+    for name, opts, lazy, _ in DECODE_VARIANTS:
+        o = dict(opts)
+        k = attempt("registers", lambda: da.decode_kernel("bf16", D, H // HKV, BS, da.LOAD_PATH == "wide",
+                                                         o.pop("unroll", da.UNROLL), "bf16", lazy,
+                                                         o.pop("max_registers", da.MAX_REGISTERS), o.pop("lane_dims", None)))
+        if k is not None:
+            res["registers"][f"decode_{name}"] = dict(usage(k), blocks_per_sm=nb.blocks_per_sm(k, da.THREADS))
     res["prefill"] = []
     for tokens, context in [(4096, 4096), (512, 4096)][: 1 if args.quick else 2]:
         row = attempt(f"prefill {tokens}/{context}", lambda: bench_prefill(nbk, tokens, context))

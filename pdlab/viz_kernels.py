@@ -96,27 +96,30 @@ def roofline_figure(results: dict, live: list[dict] | None = None) -> go.Figure:
 
 
 # ---------------------------------------------------------------------------------------------
-def thread_map(head_dim=128, threads=128, unroll=2, vec=8) -> np.ndarray:
+def thread_map(head_dim=128, threads=128, unroll=2, lane_dims=16, vec=8) -> np.ndarray:
     """[tokens in one step, head_dim] -> the thread id that loads that K element in the decode
-    kernel (``pdlab/kernels/decode_attention.py``): LPR = head_dim / 8 lanes per token row, 8
-    dims each; threads / LPR rows; each thread takes `unroll` rows, NG apart."""
-    lpr = head_dim // vec
+    kernel (``pdlab/kernels/decode_attention.py``): LPR = head_dim / lane_dims lanes per token
+    row, each owning ``vec`` dims in each of the lane_dims / vec slices of the row (so the LPR
+    lanes' loads are contiguous); threads / LPR rows; each thread takes `unroll` rows, NG apart."""
+    lpr = head_dim // lane_dims
+    nv = lane_dims // vec
     ng = threads // lpr
     out = np.zeros((ng * unroll, head_dim), dtype=int)
     for tid in range(threads):
         row, d0 = tid // lpr, (tid % lpr) * vec
         for u in range(unroll):
-            out[u * ng + row, d0:d0 + vec] = tid
+            for v in range(nv):
+                out[u * ng + row, v * (head_dim // nv) + d0:v * (head_dim // nv) + d0 + vec] = tid
     return out
 
 
-def thread_map_figure(head_dim=128, threads=128, unroll=2) -> go.Figure:
-    z = thread_map(head_dim, threads, unroll)
+def thread_map_figure(head_dim=128, threads=128, unroll=2, lane_dims=16) -> go.Figure:
+    z = thread_map(head_dim, threads, unroll, lane_dims)
     warp = z // 32
     text = [[f"thread {t} (warp {t // 32}, lane {t % 32})" for t in row] for row in z]
     fig = go.Figure(go.Heatmap(z=warp, text=text, colorscale="Viridis", hovertemplate="token %{y}, dim %{x}: %{text}<extra></extra>",
                                colorbar=dict(title="warp")))
-    fig.update_xaxes(title="head dimension d (8 per thread: one 16-byte load)")
+    fig.update_xaxes(title=f"head dimension d ({lane_dims} per thread: {lane_dims // 8} 16-byte loads)")
     fig.update_yaxes(title="token of this step (one KV head)", autorange="reversed")
     fig.update_layout(**LAYOUT)
     fig.update_layout(title_text=f"Decode kernel: who loads which K element ({threads} threads, "

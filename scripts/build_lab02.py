@@ -183,10 +183,10 @@ checks.check_online_softmax(online_softmax);
 """)
 
 md(r"""
-The Numba decode kernel runs this recurrence per query head, with one change that saves work:
-it scores a few tokens (`UNROLL`) per step and rescales the running sum only when a step raises
-the running max (most steps do not), not once per token. Here
-is that part of `pdlab/kernels/decode_attention.py`:
+The Numba decode kernel runs this recurrence per query head, with two changes that save work:
+it scores a few tokens (`UNROLL`) per step and takes one max and one rescale per step, not per
+token; and it works in base 2 (q is scaled by log2(e) once, so each exponential is a single
+`exp2` instruction). Here is that part of `pdlab/kernels/decode_attention.py`:
 """)
 
 code(r"""
@@ -194,8 +194,8 @@ import inspect
 import pdlab.kernels.decode_attention as da
 
 src = inspect.getsource(da)
-start = src.index("            # 2) per query head")
-print(src[start:src.index("        # 3)", start)])
+start = src.index("            # 2) online softmax per query head")
+print(src[start:src.index("            # 3) P.V", start)])
 """)
 
 md(r"""
@@ -207,17 +207,23 @@ One query token per sequence, against its whole paged context. The grid has one 
 * **GQA.** A block serves all `group` query heads that share its KV head, so every K/V byte is
   read from memory once, not once per query head.
 * **Lanes over the head dimension.** One token's K row (`head_dim` values of 2 bytes) is shared by
-  `head_dim / 8` neighbouring threads, each issuing **one 16-byte load** (8 values). Numba would
-  otherwise issue 2-byte loads, 8 times as many instructions for the same bytes.
-* **Rows of tokens.** The 128 threads cover `128 / (head_dim / 8)` token rows at a time (8 for
-  head dim 128), and each thread takes `UNROLL` tokens per step, *prefetching* the next step's
-  K/V while it computes on the current one.
-* **Warp shuffles.** Each thread has 8 of the `head_dim` products of `q.k`; a butterfly of
+  `head_dim / 16` neighbouring threads; each owns 16 dims and reads them with **two 16-byte
+  loads** (8 values each, one in each half of the row, so the row's lanes read contiguous bytes).
+  Numba would otherwise issue 2-byte loads, 8 times as many instructions for the same bytes.
+  Why 16 dims and not 8? The work per token that every lane repeats (shuffles, exponentials,
+  addresses) is then shared by half as many lanes: on the H200 the 8-dim layout ran out of
+  instruction issue slots before it ran out of bandwidth.
+* **Rows of tokens.** The 128 threads cover `128 / (head_dim / 16)` token rows at a time (16 for
+  head dim 128), and each thread takes `UNROLL` tokens per step. As soon as a token's K (or V)
+  registers have been used, they are refilled with the next step's token: those loads fly while
+  the rest of the step computes.
+* **Warp shuffles.** Each thread has 16 of the `head_dim` products of `q.k`; a butterfly of
   `shfl_xor` sums them across the row's lanes without shared memory. (The simulator has no
   shuffles: `_numba.lane_sum` swaps in a shared-buffer version there.)
 * **FlashDecoding.** With a small batch there are too few blocks for 132 SMs, so the context is
-  split; each split writes its partial output and log-sum-exp, and a small merge kernel combines
-  them, the same algebra as the online softmax.
+  split; each split writes its partial output and log-sum-exp, and the split that finishes last
+  (an atomic counter tells it) combines them, the same algebra as the online softmax, without a
+  second kernel launch.
 
 The map below shows which thread loads which K element in one step (colour: warp):
 """)
@@ -335,11 +341,12 @@ for r in RESULTS["prefill"]:
 
 md(r"""
 What to read from it: the decode points sit on the **left**, where the roof is the bandwidth line;
-no amount of arithmetic speed moves them, only moving bytes faster does. Our Numba kernel reaches
-44-58% of the copy bandwidth; torch's SDPA (a CUDA C++ kernel) reaches 77-95%. The prefill
-points sit on the **right**: the Numba prefill runs on the fp32 CUDA cores at a few TFLOP/s while
-SDPA uses the tensor cores, about 100x faster. Numba cannot reach tensor cores at all, which is
-why real engines write prefill kernels in CUDA C++, CUTLASS or Triton.
+no amount of arithmetic speed moves them, only moving bytes faster does. On the H200 our Numba
+kernel reaches about 78% of the copy bandwidth with a batch (66% for one 32k-token sequence);
+torch's SDPA (a CUDA C++ kernel) reaches 78-95%. The prefill points sit on the **right**: the
+Numba prefill runs on the fp32 CUDA cores at about 25 TFLOP/s while SDPA uses the tensor cores,
+about 20x faster. Numba has no tensor-core API, which is why real engines write prefill kernels
+in CUDA C++, CUTLASS or Triton.
 
 ### Explore: batch and context
 
@@ -396,16 +403,17 @@ tables in place and replays: sub-microsecond per kernel instead of tens.
 * Decode attention does ~`group` FLOPs per byte whatever the batch: it is memory-bound, and a
   kernel is judged by its bytes per second (wide loads, enough loads in flight, GQA sharing,
   splits to fill the GPU).
-* Prefill attention is compute-bound; without tensor cores (Numba) it is ~100x slower than SDPA.
+* Prefill attention is compute-bound; without tensor cores (Numba) it is ~20x slower than SDPA.
 * At small batch the launch costs more than the kernel: capture the decode step in a CUDA graph.
 
 ## Going further
 
-1. Our decode kernel reaches about half of the copy bandwidth, SDPA up to 95%. Where might the rest go? (Hint:
-   count instructions per 16-byte load: unpacking, 4 shuffles per head, exps; what would change
-   with `UNROLL=4`? The results file has both.)
+1. Our decode kernel reaches about 78% of the copy bandwidth, SDPA up to 95%. Where might the rest
+   go? (Hint: each block holds 254 registers per thread, so only 8 warps share an SM: how many
+   bytes are in flight per SM, and how many would Little's law ask for? The results file has
+   variants with other unrolls and lane widths.)
 2. With 8 KV heads and batch 1 there are only 8 blocks: why does the split count matter so much
-   there, and what does the merge cost?
+   there, and what does the merge cost (`splits_x2` in the results file)?
 3. FP8 KV (1 byte per value) halves the bytes. What happens to the decode time, and to the
    arithmetic intensity?
 4. Why would a chunk of 512 tokens on a 4096-token context (`prefill` row 2) run at about the

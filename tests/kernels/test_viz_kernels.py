@@ -52,13 +52,16 @@ def test_roofline_figure(results):
 
 
 def test_thread_map():
-    z = vk.thread_map(head_dim=128, threads=128, unroll=2)
-    assert z.shape == (16, 128)
+    z = vk.thread_map(head_dim=128, threads=128, unroll=2)      # 16 dims per lane, 8 lanes per row
+    assert z.shape == (32, 128)
     assert sorted(np.unique(z)) == list(range(128))
-    assert (z[0, :8] == 0).all() and (z[0, 8:16] == 1).all()   # one thread = 8 consecutive dims
-    assert (z[8] == z[0]).all()                                  # second token of each thread, 8 rows on
+    assert (z[0, :8] == 0).all() and (z[0, 8:16] == 1).all()   # 8 consecutive dims per load ...
+    assert (z[0, 64:72] == 0).all()                             # ... and the same in the row's other half
+    assert (z[16] == z[0]).all()                                 # second token of each thread, 16 rows on
+    z8 = vk.thread_map(head_dim=128, threads=128, unroll=2, lane_dims=8)   # groups of 8 heads
+    assert z8.shape == (16, 128) and (z8[0, 8:16] == 1).all() and (z8[8] == z8[0]).all()
     fig = vk.thread_map_figure(64, 128, 2)
-    assert np.array(fig.data[0].z).shape == (32, 64)
+    assert np.array(fig.data[0].z).shape == (64, 64)
 
 
 def test_explorer_slider_updates_figure(results):

@@ -35,6 +35,7 @@ SIM: bool = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") == "1"
 # Python floats are float64; every literal a kernel uses goes through float32() so the kernel
 # stays in fp32 (an .f64 instruction runs 64x slower on an H200's CUDA cores).
 NEG = float32(-1e30)  # "minus infinity" for masked scores; finite so fastmath stays valid
+LOG2E = float32(1.4426950408889634)  # log2(e): kernels keep scores in base 2, softmax by exp2
 
 
 def kernel(fn=None, *, sig=None, max_registers=None):
@@ -342,93 +343,54 @@ def _lane_reduce_sim(width: int, combine):
     return reduce_sim
 
 
+def _add(a, b):
+    return a + b
+
+
+def _max(a, b):
+    return max(a, b)
+
+
+def _butterfly_gpu(width: int, combine):
+    """x combined with every other lane of its group of ``width`` (a power of two <= 32): one
+    ``shfl_xor`` step per halving (offsets width/2 .. 1), built as nested device functions (all
+    inlined, so the code is the hand-written chain of shuffles)."""
+    if width not in (2, 4, 8, 16, 32):
+        raise ValueError(f"lane reduction: unsupported width {width} (a power of two from 2 to 32)")
+    combine = cuda.jit(device=True, inline="always")(combine)
+    step = None
+    off = 1
+    while off < width:           # build from the innermost (offset 1) outwards
+        step = _shuffle_step(off, combine, step)
+        off *= 2
+    return step
+
+
+def _shuffle_step(off: int, combine, inner):
+    if inner is None:
+        def step(x):
+            return combine(x, cuda.shfl_xor_sync(0xFFFFFFFF, x, off))
+    else:
+        def step(x):
+            return inner(combine(x, cuda.shfl_xor_sync(0xFFFFFFFF, x, off)))
+    return cuda.jit(device=True, inline="always")(step)
+
+
 # Sum a value over a group of `width` neighbouring lanes (a power of two <= 32); every lane of the
 # group gets the total. On a GPU: a butterfly of warp shuffles, no shared memory. The simulator
 # has no shuffles, so it exchanges through a per-block buffer between two barriers. Callers must
 # reach this from every thread of the block the same number of times (block-uniform loops).
 def lane_sum(width: int):
-    steps = [1 << k for k in range(width.bit_length() - 1)]
-
     if SIM:
         return _lane_reduce_sim(width, operator.add)
-
-    if width == 32:
-
-        def gpu32(x):
-            x += cuda.shfl_xor_sync(0xFFFFFFFF, x, 16)
-            x += cuda.shfl_xor_sync(0xFFFFFFFF, x, 8)
-            x += cuda.shfl_xor_sync(0xFFFFFFFF, x, 4)
-            x += cuda.shfl_xor_sync(0xFFFFFFFF, x, 2)
-            x += cuda.shfl_xor_sync(0xFFFFFFFF, x, 1)
-            return x
-
-        return cuda.jit(device=True, inline="always")(gpu32)
-    if width == 16:
-
-        def gpu16(x):
-            x += cuda.shfl_xor_sync(0xFFFFFFFF, x, 8)
-            x += cuda.shfl_xor_sync(0xFFFFFFFF, x, 4)
-            x += cuda.shfl_xor_sync(0xFFFFFFFF, x, 2)
-            x += cuda.shfl_xor_sync(0xFFFFFFFF, x, 1)
-            return x
-
-        return cuda.jit(device=True, inline="always")(gpu16)
-    if width == 8:
-
-        def gpu8(x):
-            x += cuda.shfl_xor_sync(0xFFFFFFFF, x, 4)
-            x += cuda.shfl_xor_sync(0xFFFFFFFF, x, 2)
-            x += cuda.shfl_xor_sync(0xFFFFFFFF, x, 1)
-            return x
-
-        return cuda.jit(device=True, inline="always")(gpu8)
-    if width == 4:
-
-        def gpu4(x):
-            x += cuda.shfl_xor_sync(0xFFFFFFFF, x, 2)
-            x += cuda.shfl_xor_sync(0xFFFFFFFF, x, 1)
-            return x
-
-        return cuda.jit(device=True, inline="always")(gpu4)
-    raise ValueError(f"lane_sum: unsupported width {width} (steps {steps})")
+    return _butterfly_gpu(width, _add)
 
 
 def lane_max(width: int):
-    """Like ``lane_sum``, but the maximum over a group of ``width`` (8, 16 or 32) neighbouring lanes."""
+    """Like ``lane_sum``, but the maximum over a group of ``width`` neighbouring lanes."""
     if SIM:
         return _lane_reduce_sim(width, max)
-
-    if width == 32:
-
-        def gpu32(x):
-            x = max(x, cuda.shfl_xor_sync(0xFFFFFFFF, x, 16))
-            x = max(x, cuda.shfl_xor_sync(0xFFFFFFFF, x, 8))
-            x = max(x, cuda.shfl_xor_sync(0xFFFFFFFF, x, 4))
-            x = max(x, cuda.shfl_xor_sync(0xFFFFFFFF, x, 2))
-            x = max(x, cuda.shfl_xor_sync(0xFFFFFFFF, x, 1))
-            return x
-
-        return cuda.jit(device=True, inline="always")(gpu32)
-    if width == 16:
-
-        def gpu16(x):
-            x = max(x, cuda.shfl_xor_sync(0xFFFFFFFF, x, 8))
-            x = max(x, cuda.shfl_xor_sync(0xFFFFFFFF, x, 4))
-            x = max(x, cuda.shfl_xor_sync(0xFFFFFFFF, x, 2))
-            x = max(x, cuda.shfl_xor_sync(0xFFFFFFFF, x, 1))
-            return x
-
-        return cuda.jit(device=True, inline="always")(gpu16)
-    if width == 8:
-
-        def gpu8(x):
-            x = max(x, cuda.shfl_xor_sync(0xFFFFFFFF, x, 4))
-            x = max(x, cuda.shfl_xor_sync(0xFFFFFFFF, x, 2))
-            x = max(x, cuda.shfl_xor_sync(0xFFFFFFFF, x, 1))
-            return x
-
-        return cuda.jit(device=True, inline="always")(gpu8)
-    raise ValueError(f"lane_max: unsupported width {width}")
+    return _butterfly_gpu(width, _max)
 
 
 # ---------------------------------------------------------------------------------------------

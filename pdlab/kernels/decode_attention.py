@@ -68,7 +68,6 @@ BLOCKS_PER_SM = 16 if SIM else 2
 # measured faster on the H200: the branch-free loop schedules its loads better than the saved
 # multiplies are worth (bench/results/kernels-h200-2026-11-29.json, "lazy" variant)
 LAZY_RESCALE = False
-LOG2E = float32(1.4426950408889634)   # log2(e): scores in base 2, softmax by exp2
 
 
 def dims_per_lane(group: int) -> int:
@@ -133,9 +132,25 @@ def decode_kernel(kind: str, head_dim: int, group: int, block_size: int, wide: b
         t = min(t0 + row, end - 1)
         return block_tables[s, page_of(t)] * BS + in_page(t)
 
+    def load_row(cache, at, buf, u):
+        """This lane's dims of one cached K or V row (offset ``at``) -> raw words ``buf[u, :]``."""
+        for v in range(NV):
+            x4 = load16(cache, at + v * SL)
+            for w in range(4):
+                buf[u, 4 * v + w] = x4[w]
+
+    def unpack_row(buf, u, f):
+        """Raw words ``buf[u, :]`` -> the lane's DL values as fp32 in ``f``."""
+        for w in range(W):
+            a, b = unpack2(buf[u, w])
+            f[2 * w] = a
+            f[2 * w + 1] = b
+
     if not SIM:
         q8 = cuda.jit(device=True, inline="always")(q8)
         slot_of = cuda.jit(device=True, inline="always")(slot_of)
+        load_row = cuda.jit(device=True, inline="always")(load_row)
+        unpack_row = cuda.jit(device=True, inline="always")(unpack_row)
     pack = nb.pack1(qkind)       # fp32 -> the output's dtype (q's)
     load4f = nb.load4f()         # 4 fp32 in one 16-byte load (the merge reads partial outputs)
     R = 8                        # partial outputs a merging thread loads before summing them
@@ -181,10 +196,10 @@ def decode_kernel(kind: str, head_dim: int, group: int, block_size: int, wide: b
         vb = cuda.local.array((U, W), int32)       # raw V words of the same tokens
         at = cuda.local.array(U, types.int64)      # cache offset of the next step's tokens
         sc = cuda.local.array((G, U), float32)     # this step's scores, then probabilities
-        kf = cuda.local.array(DL, float32)
+        kf = cuda.local.array(DL, float32)         # one unpacked K or V row slice
         # Scores in base 2: q is scaled by scale * log2(e) once, so softmax uses exp2 (one
         # instruction) and the split results carry a log2-sum-exp2.
-        qscale = scale * LOG2E
+        qscale = scale * nb.LOG2E
         for g in range(G):
             for v in range(NV):
                 qq = q8(q, ((s * hkv + kvh) * G + g) * D + v * SL + d0)
@@ -197,12 +212,8 @@ def decode_kernel(kind: str, head_dim: int, group: int, block_size: int, wide: b
         # prologue: start loading the first step
         for u in range(U):
             at[u] = slot_of(block_tables, s, start + u * NG, row, end, last) * stride + kvoff
-            for v in range(NV):
-                k4 = load16(k_cache, at[u] + v * SL)
-                v4 = load16(v_cache, at[u] + v * SL)
-                for w in range(4):
-                    kb[u, 4 * v + w] = k4[w]
-                    vb[u, 4 * v + w] = v4[w]
+            load_row(k_cache, at[u], kb, u)
+            load_row(v_cache, at[u], vb, u)
 
         # Same trip count for every thread of the block: row_sum needs all lanes present.
         for base in range(start, end, STEP):
@@ -211,21 +222,16 @@ def decode_kernel(kind: str, head_dim: int, group: int, block_size: int, wide: b
             #    next step's token as soon as they are used: those loads fly while the rest of
             #    the step computes (no copies between a "current" and a "next" buffer)
             for u in range(U):
-                for w in range(W):
-                    a, b = unpack2(kb[u, w])
-                    kf[2 * w] = a
-                    kf[2 * w + 1] = b
+                unpack_row(kb, u, kf)
                 for g in range(G):
                     part = float32(0)
                     for i in range(DL):
                         part += qv[g, i] * kf[i]
                     sc[g, u] = row_sum(part)               # full q.k, on every lane of the row
                 at[u] = slot_of(block_tables, s, nxt + u * NG, row, end, last) * stride + kvoff
-                for v in range(NV):
-                    k4 = load16(k_cache, at[u] + v * SL)
-                    for w in range(4):
-                        kb[u, 4 * v + w] = k4[w]
-            # 2) online softmax per query head: one max (and, rarely, one rescale) per step
+                load_row(k_cache, at[u], kb, u)
+            # 2) online softmax per query head: one max and one rescale per step (with LAZY, a
+            #    rescale only when the max grew)
             for g in range(G):
                 mx = m[g]
                 for u in range(U):
@@ -245,18 +251,12 @@ def decode_kernel(kind: str, head_dim: int, group: int, block_size: int, wide: b
                 l[g] = lsum
             # 3) P.V, each V row unpacked once for all heads; then refill its registers
             for u in range(U):
-                for w in range(W):
-                    a, b = unpack2(vb[u, w])
-                    kf[2 * w] = a
-                    kf[2 * w + 1] = b
+                unpack_row(vb, u, kf)
                 for g in range(G):
                     p = sc[g, u]
                     for i in range(DL):
                         acc[g, i] += p * kf[i]
-                for v in range(NV):
-                    v4 = load16(v_cache, at[u] + v * SL)
-                    for w in range(4):
-                        vb[u, 4 * v + w] = v4[w]
+                load_row(v_cache, at[u], vb, u)
 
         # 4) the NG rows saw different tokens: merge their (m, l, acc) through shared memory
         sm_m = cuda.shared.array((NG, G), float32)

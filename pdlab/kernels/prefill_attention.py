@@ -57,7 +57,6 @@ THREADS, BM, BN, DC, VH = TILE
 MAX_REGISTERS = None if SIM else 128
 HEAD_DIMS = (64, 128)
 ALIGN = None if SIM else 16   # 16-byte aligned shared arrays for load4f (the simulator refuses it)
-LOG2E = float32(1.4426950408889634)
 
 
 def _kind(cache) -> str:
@@ -124,7 +123,7 @@ def prefill_kernel(kind: str, head_dim: int, group: int, block_size: int, tile: 
         r0 = (tid // 16) * RM    # this thread's first query row (of the tile)
         c0 = tx * CN             # its first key column of S
         # scores in base 2: q is scaled by scale * log2(e), so the softmax is exp2 (one instruction)
-        qscale = scale * LOG2E
+        qscale = scale * nb.LOG2E
 
         buf = cuda.shared.array(BUF, float32, alignment=AL)       # Q^T | K^T chunks, later a V chunk
         pt = cuda.shared.array(PTN, float32, alignment=AL)       # P^T [BN][PP]: probabilities

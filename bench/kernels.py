@@ -164,6 +164,24 @@ def bench_prefill(nbk, tokens, context=None):
     return row
 
 
+def per_launch_us(launches, n):
+    """Microseconds per launch when ``launches()`` (which issues n kernel launches) runs from
+    Python, and when the same n launches replay from one captured CUDA graph. A launch in a graph
+    costs its scheduling plus the kernel itself: nothing is subtracted."""
+    launches()                                    # warm-up: compile, load, wrap
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    launches()
+    torch.cuda.synchronize()
+    eager_us = (time.perf_counter() - t0) / n * 1e6
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        launches()                                # n launches recorded, none executed
+    graph.replay()
+    torch.cuda.synchronize()
+    return eager_us, timed(graph.replay, iters=5) * 1e3 / n
+
+
 def bench_launch(nbk):
     """Per-kernel overhead: the raw Numba decode kernel on a tiny problem (1 sequence, 16 tokens,
     one split), launched N times from Python, then N times from one replayed CUDA graph."""
@@ -188,20 +206,7 @@ def bench_launch(nbk):
         for _ in range(n):
             kern[grid, da.THREADS, st](*args)
 
-    eager()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    eager()
-    torch.cuda.synchronize()
-    eager_us = (time.perf_counter() - t0) / n * 1e6
-
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        eager()                                   # n launches recorded, none executed
-    graph.replay()
-    torch.cuda.synchronize()
-    graph_ms = timed(graph.replay, iters=5)
-    # a launch in a graph costs its scheduling plus the (tiny) kernel: subtract nothing, report all
+    eager_us, decode_graph_us = per_launch_us(eager, n)
     # whole decode_attention call (torch glue + 1 kernel) from Python
     call_ms = timed(lambda: nbk.decode_attention(q32, k_cache, v_cache, bt, sl, D ** -0.5, num_splits=1,
                                                  check=False), iters=100)
@@ -216,20 +221,9 @@ def bench_launch(nbk):
         for _ in range(n):
             noop[1, 32, st](0)
 
-    noops()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    noops()
-    torch.cuda.synchronize()
-    noop_eager_us = (time.perf_counter() - t0) / n * 1e6
-    g2 = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g2):
-        noops()
-    g2.replay()
-    torch.cuda.synchronize()
-    noop_graph_us = timed(g2.replay, iters=5) * 1e3 / n
+    noop_eager_us, noop_graph_us = per_launch_us(noops, n)
     return dict(eager=eager_us, graph=noop_graph_us, empty_kernel_eager=noop_eager_us,
-                decode_kernel_in_graph=graph_ms * 1e3 / n, decode_call_eager=call_ms * 1e3,
+                decode_kernel_in_graph=decode_graph_us, decode_call_eager=call_ms * 1e3,
                 note=("per kernel, microseconds. eager: one Numba decode-kernel launch from Python with "
                       "pre-wrapped arrays (launches queue asynchronously, so this is launch cost); graph: per "
                       "kernel when 200 launches of an empty kernel replay from one CUDA graph (launch cost "

@@ -55,7 +55,7 @@ def main(argv=None):
     if args.sass:
         out = Path(args.sass)
         out.mkdir(parents=True, exist_ok=True)
-        kerns = {"decode": da._get_kernel("bf16", D, H // HKV, BS, None, "bf16"),
+        kerns = {"decode": da._get_kernel("bf16", D, H // HKV, BS, "bf16"),
                  "prefill": pa.prefill_kernel("bf16", D, H // HKV, BS)}
         for name, k in kerns.items():
             try:

@@ -36,12 +36,14 @@ PREFILL_VARIANTS = [((256, 64, 64, 32, 32), 128), ((256, 64, 64, 32, 32), None),
                     ((128, 64, 64, 32, 32), None), ((128, 64, 64, 32, 32), 168)]
 DTYPE = torch.bfloat16
 # decode variants: (name, decode_attention options, lazy rescale, split multiplier); the first is
-# the package default. lanes8: each lane owns 8 head dims (the layout groups of 8 heads use).
-# lazy: rescale only when the running max grows (the default rescales every step, branch-free).
-DECODE_VARIANTS = [("default", {}, False, 1), ("splits_x2", {}, False, 2), ("lazy_rescale", {}, True, 1),
-                   ("unroll3", dict(unroll=3), False, 1), ("unroll4", dict(unroll=4), False, 1),
-                   ("lanes8_cap128", dict(lane_dims=8, max_registers=128), False, 1),
-                   ("lanes8_unroll4", dict(lane_dims=8, unroll=4), False, 1)]
+# the package default (K/V staged through a shared-memory ring with cp.async). registers: the
+# register pipeline (no ring). lanes8: each lane owns 8 head dims (the layout groups of 8 heads
+# use). cap168: at most 168 registers per thread, so 3 blocks share an SM.
+DECODE_VARIANTS = [("default", {}, False, 1), ("cap168", dict(max_registers=168), False, 1),
+                   ("unroll1", dict(unroll=1), False, 1), ("ring3", dict(ring=3), False, 1),
+                   ("lanes8", dict(lane_dims=8), False, 1), ("lanes8_unroll4", dict(lane_dims=8, unroll=4), False, 1),
+                   ("splits_x2", {}, False, 2), ("registers", dict(ring=0), False, 1),
+                   ("registers_lanes8_unroll4", dict(ring=0, lane_dims=8, unroll=4), False, 1)]
 
 
 def timed(fn, iters=20, repeats=5):
@@ -99,7 +101,7 @@ def bench_decode(nbk, batch, context):
         g = DecodeGraph(q, k_cache, v_cache, bt, sl, scale, num_splits=splits, **opts)
         ms = timed(g.replay, iters=50)
         err = (g.replay().float() - ref.float()).abs().max().item()
-        effective_splits = da.split_plan(context, splits, D, opts.get("unroll"), H // HKV, opts.get("lane_dims"))[0]
+        effective_splits = da.split_plan(context, splits, D, H // HKV, **opts)[0]
         variants.append(dict(name=name, **opts, lazy_rescale=lazy, num_splits=effective_splits, ms=ms,
                              tbps=kv_bytes / (ms * 1e-3) / 1e12, max_abs_err_vs_torch=err))
         del g
@@ -265,6 +267,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="bench/results/kernels.json")
     ap.add_argument("--quick", action="store_true", help="fewer shapes (smoke test)")
+    ap.add_argument("--decode-only", action="store_true", help="skip prefill and launch (decode tuning)")
     args = ap.parse_args(argv)
     from pdlab.kernels import get_backend
     from pdlab.kernels import decode_attention as da
@@ -308,9 +311,13 @@ def main(argv=None):
         o = dict(opts)
         k = attempt("registers", lambda: da.decode_kernel("bf16", D, H // HKV, BS, da.LOAD_PATH == "wide",
                                                          o.pop("unroll", da.UNROLL), "bf16", lazy,
-                                                         o.pop("max_registers", da.MAX_REGISTERS), o.pop("lane_dims", None)))
+                                                         o.pop("max_registers", da.MAX_REGISTERS), o.pop("lane_dims", None),
+                                                         o.pop("ring", None)))
         if k is not None:
             res["registers"][f"decode_{name}"] = dict(usage(k), blocks_per_sm=nb.blocks_per_sm(k, da.THREADS))
+    if args.decode_only:
+        save()
+        return
     res["prefill"] = []
     for tokens, context in [(4096, 4096), (512, 4096)][: 1 if args.quick else 2]:
         row = attempt(f"prefill {tokens}/{context}", lambda: bench_prefill(nbk, tokens, context))

@@ -229,6 +229,112 @@ def store4f():
     return _make_store4f_gpu()
 
 
+# ---------------------------------------------------------------------------------------------
+# Asynchronous copies global -> shared memory (``cp.async``, sm_80+). A thread starts a 16-byte
+# copy and goes on: the bytes land in shared memory without passing through its registers, so
+# a kernel can keep many copies in flight while holding few registers (a register-pipelined
+# loop must hold every byte it has in flight). Copies are grouped (``commit``) and waited for
+# by group (``wait(n)``: all but the n most recent groups are complete). A wait only covers the
+# thread's own copies: a kernel in which each thread reads back only what it copied needs no
+# barrier.
+ALIGN = None if SIM else 16   # 16-byte aligned shared arrays (the simulator refuses alignment)
+
+
+def _make_cp_async16_gpu():
+    from llvmlite import ir
+    from numba import types
+    from numba.cuda import cgutils
+    from numba.cuda.extending import intrinsic
+
+    @intrinsic
+    def cp_async16(typingctx, dst, di, src, si):
+        # dst: shared array, 16-byte aligned at di; src: global array, 16-byte aligned at si
+        sig = types.void(dst, di, src, si)
+
+        def codegen(context, builder, signature, args):
+            dty, dity, sty, sity = signature.args
+            dval, dival, sval, sival = args
+            i8p = ir.IntType(8).as_pointer()
+
+            def ptr(arrty, aval, idxty, ival):
+                ival = context.cast(builder, ival, idxty, types.intp)
+                ary = context.make_array(arrty)(context, builder, aval)
+                p = cgutils.get_item_pointer(context, builder, arrty, ary, [ival], wraparound=False)
+                return builder.bitcast(p, i8p)
+
+            # cp.async names its destination by a 32-bit shared-window address
+            dshared = builder.addrspacecast(ptr(dty, dval, dity, dival), ir.PointerType(ir.IntType(8), 3))
+            d32 = builder.trunc(builder.ptrtoint(dshared, ir.IntType(64)), ir.IntType(32))
+            fnty = ir.FunctionType(ir.VoidType(), [ir.IntType(32), i8p])
+            asm = ir.InlineAsm(fnty, "cp.async.cg.shared.global [$0], [$1], 16;", "r,l,~{memory}",
+                               side_effect=True)
+            builder.call(asm, [d32, ptr(sty, sval, sity, sival)])
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return cp_async16
+
+
+def _make_cp_async_ctl_gpu(text: str):
+    from llvmlite import ir
+    from numba import types
+    from numba.cuda.extending import intrinsic
+
+    @intrinsic
+    def ctl(typingctx):
+        def codegen(context, builder, signature, args):
+            asm = ir.InlineAsm(ir.FunctionType(ir.VoidType(), []), text, "~{memory}", side_effect=True)
+            builder.call(asm, [])
+            return context.get_dummy_value()
+
+        return types.void(), codegen
+
+    return ctl
+
+
+def _cp_async16_sim(dst, di, src, si):   # copy at once: the simulator has no asynchrony
+    dst[di : di + 4] = np.asarray(src[si : si + 8]).view(np.float32)
+
+
+def _no_op():
+    pass
+
+
+def cp_async16():
+    """``copy(dst, di, src, si)``: 16 bytes from global ``src[si:]`` (8 fp16/bf16 values, viewed as
+    int16) to shared ``dst[di:di+4]`` (a float32 array used as raw words), asynchronously."""
+    if SIM:
+        return _cp_async16_sim
+    return _make_cp_async16_gpu()
+
+
+def cp_async_commit():
+    """Close the group of copies this thread started since the last commit."""
+    if SIM:
+        return _no_op
+    return _make_cp_async_ctl_gpu("cp.async.commit_group;")
+
+
+def cp_async_wait(pending: int):
+    """Wait until at most ``pending`` of this thread's most recent copy groups are unfinished."""
+    if SIM:
+        return _no_op
+    return _make_cp_async_ctl_gpu(f"cp.async.wait_group {int(pending)};")
+
+
+def _load_words_sim(arr, idx):
+    return tuple(np.asarray(arr[idx : idx + 4]).view(np.int32))
+
+
+def load_words():
+    """The 16 bytes at ``arr[idx:idx+4]`` of a float32 array as 4 raw int32 words, in one load:
+    reads back what ``cp_async16`` copied (still fp16/bf16 pairs, for ``unpack2``)."""
+    if SIM:
+        return _load_words_sim
+    return _make_vector_load4_gpu("int32")
+
+
 def paging(block_size: int):
     """(page_of, in_page) for a paged cache of ``block_size`` tokens per page: token t lives in
     block-table column page_of(t), at in_page(t) within the page. Powers of two (16, 32) use a

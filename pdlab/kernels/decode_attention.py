@@ -59,7 +59,7 @@ THREADS = 32 if SIM else 128   # 4 warps per block on a GPU; one on the simulato
 UNROLL = 2       # tokens per thread per step; their next-step loads fly while the step computes
 HEAD_DIMS = (64, 128)
 MIN_TOKENS_PER_SPLIT = 256
-MAX_SPLITS = 128    # the merging block keeps every split's weight in shared memory
+MAX_SPLITS = 128    # beyond this, more splits only add partials to merge
 MAX_REGISTERS = None   # registers per thread left to the compiler (bench/kernels.py tries caps)
 # resident blocks per SM when the kernel's own usage is unknown; the simulator has no SMs, and
 # 16 keeps its automatic split counts above one so the tests exercise the merge
@@ -68,6 +68,12 @@ BLOCKS_PER_SM = 16 if SIM else 2
 # measured faster on the H200: the branch-free loop schedules its loads better than the saved
 # multiplies are worth (bench/results/kernels-h200-2026-11-29.json, "lazy" variant)
 LAZY_RESCALE = False
+# K/V staging. "ring": each lane copies its slice of the coming row groups into a ring of
+# shared memory with cp.async, RING_BYTES per block, and reads it back when the step comes: the
+# bytes in flight no longer sit in registers. 0 slots: the register pipeline (each lane loads
+# its next tokens straight into registers; a block can then only have as many bytes in flight as
+# its registers hold).
+RING_BYTES = 40 * 1024   # under the 48 KB of static shared memory a block may have
 
 
 def dims_per_lane(group: int) -> int:
@@ -84,13 +90,14 @@ def _kind(cache) -> str:
 @functools.lru_cache(maxsize=None)
 def decode_kernel(kind: str, head_dim: int, group: int, block_size: int, wide: bool = True,
                   unroll: int = UNROLL, qkind: str = "f32", lazy: bool = True,
-                  max_registers=MAX_REGISTERS, lane_dims: int = None):
+                  max_registers=MAX_REGISTERS, lane_dims: int = None, ring: int = None):
     """Compile (once per configuration) the split-K decode kernel. The arguments are baked in
     as constants so loops over them unroll and the small per-thread arrays live in registers.
     ``wide``: 16-byte loads (else eight 2-byte loads per lane, the slower fallback).
     ``qkind``: dtype of q ("f32", or "f16"/"bf16" passed as int16 bits). ``lazy``: rescale the
     output only when the running max grows. ``lane_dims``: head dims per lane (default
-    ``dims_per_lane(group)``)."""
+    ``dims_per_lane(group)``). ``ring``: row-group slots of the shared-memory ring K/V are staged
+    through (default ``ring_slots``; 0: the register pipeline)."""
     D, G, BS, U, LAZY = head_dim, group, block_size, unroll, lazy
     DL = lane_dims or dims_per_lane(group)   # dims of a token row this lane owns
     NV = DL // VEC               # 16-byte loads per lane per row (of K, and again of V)
@@ -99,6 +106,14 @@ def decode_kernel(kind: str, head_dim: int, group: int, block_size: int, wide: b
     SL = D // NV                 # width of a slice of the row; a lane owns VEC dims of each
     NG = THREADS // LPR          # token rows a block works on at once
     STEP = NG * U                # tokens a block consumes per loop iteration
+    NC = 2 * NV                  # 16-byte chunks a lane stages per token row (NV of K, NV of V)
+    RING = ring_slots(head_dim, group, lane_dims) if ring is None else ring
+    if RING and RING < U + 1:
+        raise ValueError(f"ring of {RING} row groups: needs at least unroll + 1 = {U + 1}")
+    RING_WORDS = RING * NC * THREADS * 4          # fp32-sized words: 4 per 16-byte chunk
+    DP = D + 4                   # a row's padded length in the merge buffer: rows start on other banks
+    SMEM = max(RING_WORDS, NG * G * DP)           # the ring, reused for the rows' merge at the end
+    AL = nb.ALIGN                # 16-byte aligned: the ring is read 16 bytes at a time
     NEG = nb.NEG
     load16 = nb.load16(wide)     # 16-byte load -> 4 raw int32 words (plain Python on the simulator)
     unpack2 = nb.unpack2(kind)   # word -> 2 fp32 (fp16 or bf16 bits)
@@ -132,6 +147,19 @@ def decode_kernel(kind: str, head_dim: int, group: int, block_size: int, wide: b
         t = min(t0 + row, end - 1)
         return block_tables[s, page_of(t)] * BS + in_page(t)
 
+    def first_slot(block_tables, s, t0, row, end, last):
+        """``slot_of`` for the prologue, which runs while seq_lens is still on its way: the
+        block-table entry is loaded at once, its column clamped to the table rather than to the
+        sequence, so the two loads overlap instead of following each other; it is looked up
+        again only for a sequence that ends before ``t0``."""
+        if not ALIGNED:
+            return slot_of(block_tables, s, t0, row, end, last)
+        e = block_tables[s, min(page_of(t0), block_tables.shape[1] - 1)]
+        if t0 > last:
+            t0 = last
+            e = block_tables[s, page_of(t0)]
+        return e * BS + in_page(t0) + min(row, end - 1 - t0)
+
     def load_row(cache, at, buf, u):
         """This lane's dims of one cached K or V row (offset ``at``) -> raw words ``buf[u, :]``."""
         for v in range(NV):
@@ -146,16 +174,65 @@ def decode_kernel(kind: str, head_dim: int, group: int, block_size: int, wide: b
             f[2 * w] = a
             f[2 * w + 1] = b
 
+    copy16 = nb.cp_async16()     # 16 bytes global -> shared, asynchronously
+    commit = nb.cp_async_commit()
+    wait_step = nb.cp_async_wait(max(RING - U, 0))   # this step's U row groups have landed
+    wait_all = nb.cp_async_wait(0)
+    load_words = nb.load_words()
+
+    def stage_row(buf, slot, k_cache, v_cache, at, tid):
+        """Start copying this lane's dims of one K and one V row (cache offset ``at``) into ring
+        ``slot``. Chunk c of every lane of the block sits side by side, so a warp reading chunk c
+        back reads 512 contiguous bytes (no bank conflicts)."""
+        for v in range(NV):
+            copy16(buf, ((slot * NC + v) * THREADS + tid) * 4, k_cache, at + v * SL)
+            copy16(buf, ((slot * NC + NV + v) * THREADS + tid) * 4, v_cache, at + v * SL)
+
+    def unpack_staged(buf, slot, c0, tid, f):
+        """This lane's K (``c0 = 0``) or V (``c0 = NV``) dims from ring ``slot`` -> fp32 in ``f``."""
+        for v in range(NV):
+            w4 = load_words(buf, ((slot * NC + c0 + v) * THREADS + tid) * 4)
+            for w in range(4):
+                a, b = unpack2(w4[w])
+                f[VEC * v + 2 * w] = a
+                f[VEC * v + 2 * w + 1] = b
+
+    def online_softmax(sc, m, l, acc, base, row, end):
+        """Fold this step's scores ``sc[g, u]`` into the running (max m, sum l, output acc) of
+        each query head, and turn them into probabilities in place: one max and one rescale per
+        step (with LAZY, a rescale only when the max grew). Tokens past ``end`` (clamped
+        re-reads) get probability 0."""
+        for g in range(G):
+            mx = m[g]
+            for u in range(U):
+                if base + u * NG + row < end:          # a real token, not a clamped re-read
+                    mx = max(mx, sc[g, u])
+            if mx > m[g] or not LAZY:                  # the max grew: rescale what was summed
+                alpha = math.exp2(m[g] - mx)           # (all lanes of a row agree on mx)
+                l[g] *= alpha
+                for i in range(DL):
+                    acc[g, i] *= alpha
+                m[g] = mx
+            lsum = l[g]
+            for u in range(U):
+                p = math.exp2(sc[g, u] - mx) if base + u * NG + row < end else float32(0)
+                lsum += p
+                sc[g, u] = p
+            l[g] = lsum
+
     if not SIM:
+        online_softmax = cuda.jit(device=True, inline="always")(online_softmax)
+        stage_row = cuda.jit(device=True, inline="always")(stage_row)
+        unpack_staged = cuda.jit(device=True, inline="always")(unpack_staged)
         q8 = cuda.jit(device=True, inline="always")(q8)
         slot_of = cuda.jit(device=True, inline="always")(slot_of)
+        first_slot = cuda.jit(device=True, inline="always")(first_slot)
         load_row = cuda.jit(device=True, inline="always")(load_row)
         unpack_row = cuda.jit(device=True, inline="always")(unpack_row)
     pack = nb.pack1(qkind)       # fp32 -> the output's dtype (q's)
-    load4f = nb.load4f()         # 4 fp32 in one 16-byte load (the merge reads partial outputs)
-    R = 8                        # partial outputs a merging thread loads before summing them
-    warp_max, warp_sum = nb.lane_max(32), nb.lane_sum(32)
-    NW = G * MAX_SPLITS
+    load4f = nb.load4f()         # 4 fp32 in one 16-byte load (the merges read 4 dims at a time)
+    store4f = nb.store4f()
+    R = 16                       # splits a merging thread loads per round
     q_t = "float32" if qkind == "f32" else "int16"
     sig = None if SIM else (
         f"void({q_t}[::1], int16[::1], int16[::1], int32[:, ::1], int32[::1], "
@@ -197,8 +274,27 @@ def decode_kernel(kind: str, head_dim: int, group: int, block_size: int, wide: b
         at = cuda.local.array(U, types.int64)      # cache offset of the next step's tokens
         sc = cuda.local.array((G, U), float32)     # this step's scores, then probabilities
         kf = cuda.local.array(DL, float32)         # one unpacked K or V row slice
-        # Scores in base 2: q is scaled by scale * log2(e) once, so softmax uses exp2 (one
-        # instruction) and the split results carry a log2-sum-exp2.
+        buf = cuda.shared.array(SMEM, float32, alignment=AL)   # the K/V ring, then the merge
+        if RING:
+            # K/V go through the shared-memory ring: each lane copies its own slice of a row
+            # group ahead of time (cp.async) and reads back only what it copied, so no barrier
+            # is needed. Row groups of steps the loop will not run are not staged (their copy
+            # groups are committed empty); those of the last step are (clamped to the last row)
+            lim = start + (end - start + STEP - 1) // STEP * STEP   # end, rounded up to a step
+            for j in range(RING - U):                    # prologue: the first RING - U groups
+                at0 = first_slot(block_tables, s, start + j * NG, row, end, last) * stride + kvoff
+                if start + j * NG < lim:
+                    stage_row(buf, j, k_cache, v_cache, at0, tid)
+                commit()
+        else:
+            # the register pipeline. Prologue: start loading the first step
+            for u in range(U):
+                at[u] = first_slot(block_tables, s, start + u * NG, row, end, last) * stride + kvoff
+                load_row(k_cache, at[u], kb, u)
+                load_row(v_cache, at[u], vb, u)
+        # q, while the first K/V are on their way. Scores in base 2: q is scaled by
+        # scale * log2(e) once, so softmax uses exp2 (one instruction) and the split results
+        # carry a log2-sum-exp2.
         qscale = scale * nb.LOG2E
         for g in range(G):
             for v in range(NV):
@@ -209,96 +305,125 @@ def decode_kernel(kind: str, head_dim: int, group: int, block_size: int, wide: b
                 acc[g, i] = float32(0)
             m[g] = NEG
             l[g] = float32(0)
-        # prologue: start loading the first step
-        for u in range(U):
-            at[u] = slot_of(block_tables, s, start + u * NG, row, end, last) * stride + kvoff
-            load_row(k_cache, at[u], kb, u)
-            load_row(v_cache, at[u], vb, u)
-
-        # Same trip count for every thread of the block: row_sum needs all lanes present.
-        for base in range(start, end, STEP):
-            nxt = base + STEP
-            # 1) scores of this step's tokens. Each token's K registers are refilled with the
-            #    next step's token as soon as they are used: those loads fly while the rest of
-            #    the step computes (no copies between a "current" and a "next" buffer)
-            for u in range(U):
-                unpack_row(kb, u, kf)
-                for g in range(G):
-                    part = float32(0)
-                    for i in range(DL):
-                        part += qv[g, i] * kf[i]
-                    sc[g, u] = row_sum(part)               # full q.k, on every lane of the row
-                at[u] = slot_of(block_tables, s, nxt + u * NG, row, end, last) * stride + kvoff
-                load_row(k_cache, at[u], kb, u)
-            # 2) online softmax per query head: one max and one rescale per step (with LAZY, a
-            #    rescale only when the max grew)
-            for g in range(G):
-                mx = m[g]
+        if RING:
+            rd = 0                       # ring slot of this step's first row group
+            wr = RING - U                # ring slot of the next row group to stage
+            nxt = start + (RING - U) * NG   # its first token
+            for base in range(start, end, STEP):
+                # refill the slots the previous step read with the row groups RING - U ahead
                 for u in range(U):
-                    if base + u * NG + row < end:          # a real token, not a clamped re-read
-                        mx = max(mx, sc[g, u])
-                if mx > m[g] or not LAZY:                  # the max grew: rescale what was summed
-                    alpha = math.exp2(m[g] - mx)           # (all lanes of a row agree on mx)
-                    l[g] *= alpha
-                    for i in range(DL):
-                        acc[g, i] *= alpha
-                    m[g] = mx
-                lsum = l[g]
+                    if nxt < lim:
+                        at0 = slot_of(block_tables, s, nxt, row, end, last) * stride + kvoff
+                        stage_row(buf, wr, k_cache, v_cache, at0, tid)
+                    commit()
+                    nxt += NG
+                    wr = wr + 1 if wr + 1 < RING else 0
+                wait_step()
+                for u in range(U):       # 1) scores
+                    slot = rd + u if rd + u < RING else rd + u - RING
+                    unpack_staged(buf, slot, 0, tid, kf)
+                    for g in range(G):
+                        part = float32(0)
+                        for i in range(DL):
+                            part += qv[g, i] * kf[i]
+                        sc[g, u] = row_sum(part)
+                online_softmax(sc, m, l, acc, base, row, end)   # 2)
+                for u in range(U):       # 3) P.V
+                    slot = rd + u if rd + u < RING else rd + u - RING
+                    unpack_staged(buf, slot, NV, tid, kf)
+                    for g in range(G):
+                        p = sc[g, u]
+                        for i in range(DL):
+                            acc[g, i] += p * kf[i]
+                rd = rd + U if rd + U < RING else rd + U - RING
+            wait_all()                   # (only empty groups can be left)
+            cuda.syncthreads()           # every lane is done with the ring: reuse it below
+        else:
+            # Same trip count for every thread of the block: row_sum needs all lanes present.
+            for base in range(start, end, STEP):
+                nxt = base + STEP
+                # 1) scores of this step's tokens. Each token's K registers are refilled with the
+                #    next step's token as soon as they are used: those loads fly while the rest
+                #    of the step computes (no copies between a "current" and a "next" buffer)
                 for u in range(U):
-                    p = math.exp2(sc[g, u] - mx) if base + u * NG + row < end else float32(0)
-                    lsum += p
-                    sc[g, u] = p
-                l[g] = lsum
-            # 3) P.V, each V row unpacked once for all heads; then refill its registers
-            for u in range(U):
-                unpack_row(vb, u, kf)
-                for g in range(G):
-                    p = sc[g, u]
-                    for i in range(DL):
-                        acc[g, i] += p * kf[i]
-                load_row(v_cache, at[u], vb, u)
+                    unpack_row(kb, u, kf)
+                    for g in range(G):
+                        part = float32(0)
+                        for i in range(DL):
+                            part += qv[g, i] * kf[i]
+                        sc[g, u] = row_sum(part)               # full q.k, on every lane of the row
+                    at[u] = slot_of(block_tables, s, nxt + u * NG, row, end, last) * stride + kvoff
+                    load_row(k_cache, at[u], kb, u)
+                online_softmax(sc, m, l, acc, base, row, end)   # 2)
+                # 3) P.V, each V row unpacked once for all heads; then refill its registers
+                for u in range(U):
+                    unpack_row(vb, u, kf)
+                    for g in range(G):
+                        p = sc[g, u]
+                        for i in range(DL):
+                            acc[g, i] += p * kf[i]
+                    load_row(v_cache, at[u], vb, u)
 
-        # 4) the NG rows saw different tokens: merge their (m, l, acc) through shared memory
+        # 4) the NG rows saw different tokens: merge their (m, l, acc) through shared memory.
+        #    Each row posts its state; one thread per (row, head) turns the row maxima into
+        #    weights 2^(m_row - m_max); then each thread sums 4 output dims over the rows with
+        #    16-byte loads. (No exponentials or dependent loads in the per-dim loop: this runs
+        #    while the SM's bandwidth goes unused.)
         sm_m = cuda.shared.array((NG, G), float32)
         sm_l = cuda.shared.array((NG, G), float32)
-        sm_acc = cuda.shared.array((NG, G, D), float32)
+        sm_w = cuda.shared.array((NG, G), float32)
+        sm_mx = cuda.shared.array(G, float32)
+        sm_acc = buf                     # [NG, G, DP] flat: each row's output slice per head
         sm_last = cuda.shared.array(1, int32)               # the merge step's arrival count
-        sm_w = cuda.shared.array(NW, float32)               # every split's merge weight, per head
-        sm_tot = cuda.shared.array(G, float32)              # ... and their sum
-        ov = cuda.local.array((R, 4), float32)
+        ov = cuda.local.array((R, 4), float32)             # partial outputs, 4 dims each ...
+        lv = cuda.local.array(R, float32)                  # ... and log-sum-exps, one round
         mv = cuda.local.array(4, float32)
         for g in range(G):
             if d0 == 0:
                 sm_m[row, g] = m[g]
                 sm_l[row, g] = l[g]
             for v in range(NV):
-                for i in range(VEC):
-                    sm_acc[row, g, v * SL + d0 + i] = acc[g, v * VEC + i]
+                at0 = (row * G + g) * DP + v * SL + d0
+                store4f(sm_acc, at0, acc[g, v * VEC], acc[g, v * VEC + 1], acc[g, v * VEC + 2], acc[g, v * VEC + 3])
+                store4f(sm_acc, at0 + 4, acc[g, v * VEC + 4], acc[g, v * VEC + 5], acc[g, v * VEC + 6],
+                        acc[g, v * VEC + 7])
         cuda.syncthreads()
-        for o in range(tid, G * D, THREADS):
-            g = o // D
-            d = o % D
+        for rg in range(tid, NG * G, THREADS):
+            r = rg // G
+            g = rg % G
             mx = NEG
-            for r in range(NG):
-                mx = max(mx, sm_m[r, g])
+            for r2 in range(NG):
+                mx = max(mx, sm_m[r2, g])
+            sm_w[r, g] = math.exp2(sm_m[r, g] - mx)       # 0 for a row that saw no token
+            if r == 0:
+                sm_mx[g] = mx
+        cuda.syncthreads()
+        for o4 in range(tid, G * D // 4, THREADS):          # 4 output dims per thread
+            g = o4 // (D // 4)
+            d = (o4 % (D // 4)) * 4
             tot = float32(0)
-            val = float32(0)
+            for i in range(4):
+                mv[i] = float32(0)
             for r in range(NG):
-                w = math.exp2(sm_m[r, g] - mx)
+                w = sm_w[r, g]
                 tot += sm_l[r, g] * w
-                val += sm_acc[r, g, d] * w
+                a0, a1, a2, a3 = load4f(sm_acc, (r * G + g) * DP + d)
+                mv[0] += w * a0
+                mv[1] += w * a1
+                mv[2] += w * a2
+                mv[3] += w * a3
             h = kvh * G + g
             if P == 1:                                    # one split: this is the answer
-                out[(s * hkv * G + h) * D + d] = pack(val / tot)   # tot > 0: seq_len >= 1
+                for i in range(4):
+                    out[(s * hkv * G + h) * D + d + i] = pack(mv[i] / tot)   # tot > 0: seq_len >= 1
             else:
-                lse = NEG
+                at1 = ((s * hkv * G + h) * P + split) * D + d
                 if tot > float32(0):
-                    o_part[((s * hkv * G + h) * P + split) * D + d] = val / tot
-                    lse = mx + math.log2(tot)
+                    store4f(o_part, at1, mv[0] / tot, mv[1] / tot, mv[2] / tot, mv[3] / tot)
                 else:                                     # an empty split (past seq_len)
-                    o_part[((s * hkv * G + h) * P + split) * D + d] = float32(0)
+                    store4f(o_part, at1, float32(0), float32(0), float32(0), float32(0))
                 if d == 0:
-                    lse_part[s, h, split] = lse
+                    lse_part[s, h, split] = sm_mx[g] + math.log2(tot) if tot > float32(0) else NEG
         if P == 1:
             return
 
@@ -312,42 +437,40 @@ def decode_kernel(kind: str, head_dim: int, group: int, block_size: int, wide: b
         if sm_last[0] != P - 1:
             return                       # (block-uniform) not the last: nothing more to do
         cuda.threadfence()
-        # each split's weight 2^(lse_p - max) per head: warp w takes heads w, w + 4, ..., its
-        # lane p split p (32 at a time), and reduces with shuffles
-        lane = tid % 32
-        for g in range(tid // 32, G, THREADS // 32):
-            h = kvh * G + g
-            mx = NEG
-            for p0 in range(0, P, 32):
-                x = lse_part[s, h, p0 + lane] if p0 + lane < P else NEG
-                mx = max(mx, warp_max(x))
-            tot = float32(0)
-            for p0 in range(0, P, 32):
-                x = lse_part[s, h, p0 + lane] if p0 + lane < P else NEG
-                w = math.exp2(x - mx)                          # 0 for an empty split (lse -1e30)
-                if p0 + lane < P:
-                    sm_w[g * MAX_SPLITS + p0 + lane] = w
-                tot += warp_sum(w)
-            if lane == 0:
-                sm_tot[g] = tot
-        cuda.syncthreads()
-        for o4 in range(tid, G * D // 4, THREADS):           # 4 output dims per thread
+        # Each thread merges 4 output dims of one head over the P splits, R splits per round: it
+        # issues the R log-sum-exps and R partial outputs together (one memory round trip per
+        # round: this runs while most SMs have finished and wait), then folds them in with a
+        # running max, as the online softmax does with scores
+        for o4 in range(tid, G * D // 4, THREADS):
             g = o4 // (D // 4)
             d = (o4 % (D // 4)) * 4
             h = kvh * G + g
-            tot = sm_tot[g]
+            mx = NEG
+            tot = float32(0)
             for i in range(4):
                 mv[i] = float32(0)
             for p0 in range(0, P, R):
-                for r in range(R):                           # R 16-byte loads in flight ...
+                for r in range(R):                           # 2R loads in flight ...
                     if p0 + r < P:
+                        lv[r] = lse_part[s, h, p0 + r]
                         ov[r, 0], ov[r, 1], ov[r, 2], ov[r, 3] = load4f(
                             o_part, ((s * hkv * G + h) * P + p0 + r) * D + d)
-                for r in range(R):                           # ... then summed
+                    else:
+                        lv[r] = NEG
+                mr = mx                                      # ... then folded in
+                for r in range(R):
+                    mr = max(mr, lv[r])
+                alpha = math.exp2(mx - mr)
+                tot *= alpha
+                for i in range(4):
+                    mv[i] *= alpha
+                for r in range(R):
                     if p0 + r < P:
-                        w = sm_w[g * MAX_SPLITS + p0 + r]
+                        w = math.exp2(lv[r] - mr)            # 0 for an empty split (lse -1e30)
+                        tot += w
                         for i in range(4):
                             mv[i] += w * ov[r, i]
+                mx = mr
             for i in range(4):
                 out[(s * hkv * G + h) * D + d + i] = pack(mv[i] / tot)
         if tid == 0:
@@ -360,12 +483,16 @@ def decode_kernel(kind: str, head_dim: int, group: int, block_size: int, wide: b
 LOAD_PATH = "wide"
 
 
-def _get_kernel(kind, d, group, bs, unroll=None, qkind="f32", max_registers=MAX_REGISTERS, lane_dims=None):
+VARIANT_OPTIONS = ("unroll", "max_registers", "lane_dims", "ring")
+
+
+def _get_kernel(kind, d, group, bs, qkind="f32", unroll=None, max_registers=MAX_REGISTERS, lane_dims=None,
+                ring=None):
     global LOAD_PATH
     unroll = unroll or UNROLL
     if LOAD_PATH == "wide":
         try:
-            k = decode_kernel(kind, d, group, bs, True, unroll, qkind, LAZY_RESCALE, max_registers, lane_dims)
+            k = decode_kernel(kind, d, group, bs, True, unroll, qkind, LAZY_RESCALE, max_registers, lane_dims, ring)
             if not SIM:
                 for compiled in k.overloads.values():
                     compiled.bind()   # assemble and load now, so a PTX error surfaces here
@@ -373,9 +500,17 @@ def _get_kernel(kind, d, group, bs, unroll=None, qkind="f32", max_registers=MAX_
         except Exception as e:  # an NVVM/driver that rejects the inline PTX: keep working, slower
             import warnings
 
-            warnings.warn(f"16-byte loads unavailable ({type(e).__name__}: {e}); using 2-byte loads")
+            warnings.warn(f"16-byte loads and cp.async unavailable ({type(e).__name__}: {e}); "
+                          "using 2-byte loads into registers")
             LOAD_PATH = "scalar"
-    return decode_kernel(kind, d, group, bs, False, unroll, qkind, LAZY_RESCALE, max_registers, lane_dims)
+    return decode_kernel(kind, d, group, bs, False, unroll, qkind, LAZY_RESCALE, max_registers, lane_dims, 0)
+
+
+def ring_slots(head_dim: int, group: int, lane_dims=None) -> int:
+    """Row groups the shared-memory ring holds: as many as RING_BYTES allow (5 for head dim 128
+    and groups up to 4: 4 KB of K and 4 KB of V per row group of 16 tokens)."""
+    nv = (lane_dims or dims_per_lane(group)) // VEC
+    return RING_BYTES // (2 * nv * THREADS * 16)
 
 
 def check_supported(head_dim: int, group: int) -> None:
@@ -397,35 +532,45 @@ def choose_splits(num_seqs: int, num_kv_heads: int, max_context: int, blocks_per
     return max(1, min(slots // blocks, -(-max_context // MIN_TOKENS_PER_SPLIT), MAX_SPLITS))
 
 
-def tokens_per_step(head_dim: int, group: int, unroll=None, lane_dims=None) -> int:
+def tokens_per_step(head_dim: int, group: int, unroll=None, lane_dims=None, **_) -> int:
     """Tokens a block consumes per loop iteration: its token rows times the unroll."""
     return THREADS // (head_dim // (lane_dims or dims_per_lane(group))) * (unroll or UNROLL)
 
 
-def split_plan(max_context: int, num_splits: int, head_dim: int, unroll=None, group: int = 4, lane_dims=None):
+def split_plan(max_context: int, num_splits: int, head_dim: int, group: int = 4, **variant):
     """(splits, tokens per split) for ``num_splits`` requested: every split but the last starts on
     a whole block step (and so on a row group), so the split count can come out a little lower."""
-    step = tokens_per_step(head_dim, group, unroll, lane_dims)
+    step = tokens_per_step(head_dim, group, **variant)
     split_len = -(-max_context // min(num_splits, MAX_SPLITS))
     split_len = -(-split_len // step) * step
     return -(-max_context // split_len), split_len
 
 
-def auto_splits(q, k_cache, block_tables, unroll=None, max_registers=MAX_REGISTERS, lane_dims=None) -> int:
+def _check_variant(variant):
+    bad = set(variant) - set(VARIANT_OPTIONS)
+    if bad:
+        raise ValueError(f"decode kernel variant: unknown option(s) {sorted(bad)} "
+                         f"(known: {', '.join(VARIANT_OPTIONS)})")
+
+
+def auto_splits(q, k_cache, block_tables, **variant) -> int:
     """The split count ``decode_attention`` picks for these shapes (no host sync): one wave of
     the kernel's resident blocks."""
+    _check_variant(variant)
     nblk, bs, hkv, d = k_cache.shape
-    k = _get_kernel(_kind(k_cache), d, q.shape[1] // hkv, bs, unroll,
-                    "f32" if q.dtype == torch.float32 else _kind(q), max_registers, lane_dims)
+    k = _get_kernel(_kind(k_cache), d, q.shape[1] // hkv, bs,
+                    "f32" if q.dtype == torch.float32 else _kind(q), **variant)
     return choose_splits(q.shape[0], hkv, block_tables.shape[1] * bs, nb.blocks_per_sm(k, THREADS))
 
 
 def decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale, num_splits=None, check=True,
-                     unroll=None, max_registers=MAX_REGISTERS, lane_dims=None):
+                     **variant):
     """q [S, H, D] -> out [S, H, D] (q's dtype). ``num_splits`` fixes the FlashDecoding split
     count (default: ``auto_splits``, from the shapes alone, no host sync). ``check=False`` skips
-    argument validation (the CUDA-graph path validates once before capture). ``unroll``,
-    ``max_registers`` and ``lane_dims`` pick a kernel variant (benchmarks)."""
+    argument validation (the CUDA-graph path validates once before capture). ``variant``
+    options (``unroll``, ``max_registers``, ``lane_dims``, ``ring``) pick a kernel variant
+    (benchmarks)."""
+    _check_variant(variant)
     if check:
         validate.check_decode(q, k_cache, v_cache, block_tables, seq_lens, scale)
     nblk, bs, hkv, d = k_cache.shape
@@ -436,10 +581,10 @@ def decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale, num_spl
     if S == 0:
         return out
     qkind = "f32" if q.dtype == torch.float32 else _kind(q)
-    k = _get_kernel(_kind(k_cache), d, G, bs, unroll, qkind, max_registers, lane_dims)
+    k = _get_kernel(_kind(k_cache), d, G, bs, qkind, **variant)
     max_ctx = block_tables.shape[1] * bs          # upper bound on any seq_len, known without a sync
     splits = num_splits or choose_splits(S, hkv, max_ctx, nb.blocks_per_sm(k, THREADS))
-    splits, split_len = split_plan(max_ctx, splits, d, unroll, G, lane_dims)
+    splits, split_len = split_plan(max_ctx, splits, d, G, **variant)
     if splits == 1:                                # the kernel writes `out` itself: no partials
         o_part = torch.empty(4, dtype=torch.float32, device=q.device)
         lse = torch.empty(1, 1, 1, dtype=torch.float32, device=q.device)

@@ -56,7 +56,6 @@ THREADS, BM, BN, DC, VH = TILE
 # the shared-memory and barrier latencies (bench/kernels.py also times 128-thread tiles)
 MAX_REGISTERS = None if SIM else 128
 HEAD_DIMS = (64, 128)
-ALIGN = None if SIM else 16   # 16-byte aligned shared arrays for load4f (the simulator refuses it)
 
 
 def _kind(cache) -> str:
@@ -80,7 +79,7 @@ def prefill_kernel(kind: str, head_dim: int, group: int, block_size: int, tile: 
     assert D % DC == 0 and DC % 8 == 0 and BN % VH == 0
     assert _pow2(BM, BN, DC, VH, D), "tile sides are powers of two (index math by shifts and masks)"
     QP, KP, PP = BM + 4, BN + 4, BM + 4   # padded rows: fewer bank conflicts, still 16-byte aligned
-    AL = ALIGN                   # 16: shared arrays read with load4f must be 16-byte aligned
+    AL = nb.ALIGN                   # 16: shared arrays read with load4f must be 16-byte aligned
     KOFF = DC * QP               # K^T chunk [DC][KP] sits after the Q^T chunk [DC][QP]
     BUF = max(DC * QP + DC * KP, VH * D)  # ... and a V chunk [VH][D] reuses the same space
     PTN = BN * PP                # P^T [BN][PP]

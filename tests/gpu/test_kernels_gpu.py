@@ -71,18 +71,23 @@ def test_decode_q_dtype_differs_from_cache(nbk, q_dtype):
 
 
 def test_decode_variants_agree(nbk):
-    """The benchmark's variants (rescale every step, unroll 4, more splits) give the same answer."""
+    """The benchmark's variants (rescale every step, unroll, ring depth, register pipeline, 8 dims
+    per lane, register caps, more splits) give the same answer."""
     from pdlab.kernels import decode_attention as da
 
     c = make_case([5000, 17, 1024], None, 8, 4, 128, 16, torch.bfloat16, device="cuda", seed=16)
     exp = ref.decode(c.q_decode, c.ks, c.vs, c.scale)
     package_lazy = da.LAZY_RESCALE
     try:
-        for lazy, unroll, splits in [(False, 2, None), (True, 3, 7), (True, 2, 1), (False, 4, 2)]:
+        for lazy, opts, splits in [(False, {}, None), (True, dict(unroll=3), 7), (True, {}, 1),
+                                   (False, dict(unroll=4), 2), (False, dict(ring=0), None),
+                                   (False, dict(ring=0, lane_dims=8, unroll=4), 3), (False, dict(lane_dims=8), None),
+                                   (False, dict(unroll=1, max_registers=168), 5), (False, dict(ring=3), 2),
+                                   (False, dict(max_registers=168), None)]:
             da.LAZY_RESCALE = lazy
             out = nbk.decode_attention(c.q_decode, c.k_cache, c.v_cache, c.block_tables, c.seq_lens, c.scale,
-                                       num_splits=splits, unroll=unroll)
-            torch.testing.assert_close(out.float().cpu(), exp, **TOL[torch.bfloat16], msg=f"{lazy} {unroll}")
+                                       num_splits=splits, **opts)
+            torch.testing.assert_close(out.float().cpu(), exp, **TOL[torch.bfloat16], msg=f"{lazy} {opts}")
     finally:
         da.LAZY_RESCALE = package_lazy
 

@@ -79,6 +79,24 @@ def test_decode_small_odd_pages(block_size):
                                **tol(torch.bfloat16))
 
 
+@pytest.mark.parametrize("variant", [dict(ring=0), dict(ring=3), dict(unroll=1, ring=2), dict(lane_dims=8, unroll=3)])
+def test_decode_staging_variants(variant):
+    """K/V staged through shared-memory rings of several depths (the prologue covering more or
+    fewer row groups than a split has, partly filled last steps), and the register pipeline."""
+    c = make_case([70, 5, 33], None, 1, 4, 64, 16, torch.bfloat16, device=DEV, seed=8)
+    for splits in (1, 3):
+        out = nbk.decode_attention(c.q_decode, c.k_cache, c.v_cache, c.block_tables, c.seq_lens, c.scale,
+                                   num_splits=splits, **variant)
+        torch.testing.assert_close(out.float().cpu(), ref.decode(c.q_decode, c.ks, c.vs, c.scale),
+                                   **tol(torch.bfloat16), msg=f"{variant} splits={splits}")
+
+
+def test_decode_unknown_variant_option():
+    c = make_case([5], None, 1, 4, 64, 16, torch.bfloat16, device=DEV, seed=8)
+    with pytest.raises(ValueError, match="unknown option"):
+        nbk.decode_attention(c.q_decode, c.k_cache, c.v_cache, c.block_tables, c.seq_lens, c.scale, rings=3)
+
+
 def test_decode_fp32_query():
     """q in fp32 with an fp16 cache: the kernel reads q in its own dtype."""
     c = make_case([30, 9], None, 1, 4, 64, 16, torch.float16, device=DEV, seed=6)

@@ -12,10 +12,15 @@ version issuing an instruction on 74% of cycles: short of issue slots before ban
   each half of the row, so a row's lanes read contiguous bytes. Per-token work that every lane
   repeats (shuffles, exponentials, addresses) is shared by 8 lanes instead of 16. (Groups of 8
   heads keep 8 dims per lane: their per-lane state would not fit in registers.)
-- A 128-thread block works on ``128 / LPR`` token rows at once, ``UNROLL`` tokens per thread
-  per step. A token's K (and V) registers are refilled with the next step's token as soon as
-  they are used: those loads fly while the rest of the step computes, with no copying between a
-  "current" and a "next" buffer.
+- A 128-thread block works on ``128 / LPR`` token rows at once (a *row group*), ``UNROLL``
+  tokens per thread per step.
+- Bytes in flight: to stream at full bandwidth an SM needs tens of KB of loads in flight, and
+  loads into registers can only have in flight what the registers hold (the register version
+  used 254 per thread and stalled at 78% of copy bandwidth). So each lane starts asynchronous
+  copies (``cp.async``) of its slice of the row groups ``RING - UNROLL`` groups ahead into a
+  ring of shared memory (RING_BYTES per block), and reads back only what it copied itself: no
+  barrier. ``ring=0`` keeps the register pipeline (a token's registers refilled with the next
+  step's token as soon as they are used), for comparison.
 - Each lane does its 16 multiply-adds of q.k per head, then the partial dots are summed over the
   LPR lanes with warp shuffles (``lane_sum``). Softmax is *online* (running max m, sum l,
   output acc per query head), so scores never go to memory, and in base 2: q is scaled by
@@ -27,6 +32,9 @@ version issuing an instruction on 74% of cycles: short of issue slots before ban
 - Tokens past the end of a sequence are clamped to its last token (a re-read, masked out), so
   the loads need no branch; with a page size that is a multiple of the token rows per step, one
   block-table lookup serves a whole row group.
+- At the end the rows of a row group have seen different tokens: each posts (m, l, acc) to
+  shared memory, one thread per (row, head) turns the maxima into weights, and each thread sums
+  4 output dims over the rows with 16-byte loads.
 - FlashDecoding: with a small batch there are too few (KV head, sequence) blocks to fill 132
   SMs, so the context is cut into ``num_splits`` pieces processed by separate blocks; each writes
   a partial output and its log-sum-exp, and the split that finishes last (an atomic counter per
@@ -35,10 +43,12 @@ version issuing an instruction on 74% of cycles: short of issue slots before ban
   wave would leave most SMs idle while it runs.
 
 Measured on an H200 (bench/results/kernels-h200-2026-11-29.json; bf16, 32/8 heads, head dim 128,
-copy bandwidth 4.27 TB/s): 3.35 TB/s at batch 16 x 4096 and 3.33 at 64 x 1024 (78%), 2.82 for
-one 32k-token sequence (66%: its splits are short, so block start-up and the merge weigh more).
-torch SDPA on dense K/V reaches 3.3-4.1 TB/s. 254 registers per thread leave 8 warps per SM,
-which bounds the bytes in flight: the rest of the gap.
+copy bandwidth 4.27 TB/s): 3.64 TB/s at batch 16 x 4096 (85%) and 3.60 at 64 x 1024 (84%), 3.10
+for one 32k-token sequence (72%). torch SDPA on dense K/V reaches 3.3-4.0 TB/s. Once streaming,
+the kernel moves bytes at the copy rate (4.15-4.25 TB/s, bench/decode_scaling.py); what is left
+is a fixed ~10 us per launch (bench/decode_timeline.py: ~3 us before the first K/V land, blocks
+finishing a few us apart, ~3 us for the last split's merge), which weighs most on the shortest
+launch, the 32k sequence's 128 MB.
 """
 
 from __future__ import annotations
@@ -56,7 +66,7 @@ from ._numba import SIM, cuda, float32, int32
 
 VEC = 8          # fp16/bf16 values per 16-byte load
 THREADS = 32 if SIM else 128   # 4 warps per block on a GPU; one on the simulator (1 OS thread each)
-UNROLL = 2       # tokens per thread per step; their next-step loads fly while the step computes
+UNROLL = 2       # tokens per thread per step (one max and one rescale per step)
 HEAD_DIMS = (64, 128)
 MIN_TOKENS_PER_SPLIT = 256
 MAX_SPLITS = 128    # beyond this, more splits only add partials to merge

@@ -7,6 +7,8 @@ BIN := $(VENV)/bin
 # CPU-only machines: a CPU build of torch keeps the install small (see README for the index URL).
 TORCH ?= torch==2.13.0
 PYTEST_ARGS ?=
+# extras `make test` installs; CI adds "ptx" (CUDA compilers as wheels: kernel compile checks without a GPU)
+EXTRAS ?= test
 
 .PHONY: demo test test-gpu labs-html clean
 
@@ -17,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 $(VENV)/.test-installed: $(VENV)/.installed
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q -e ".[$(EXTRAS)]"
 	touch $@
 
 demo: $(VENV)/.installed

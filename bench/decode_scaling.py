@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from kernels import BS, D, DTYPE, H, HKV, copy_tbps, paged_cache, timed  # noqa: E402
+from kernels import D, DTYPE, H, HKV, copy_tbps, paged_cache, timed  # noqa: E402
 
 
 def time_decode(batch, context, num_splits=None, **variant):

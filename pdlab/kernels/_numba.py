@@ -92,12 +92,21 @@ f16_to_f32 = device(_f16_gpu, _f16_sim)
 # moves the same bytes in 8x fewer instructions, which a memory-bound kernel needs (GPU-NOTES:
 # 1.3 -> 2.2 TB/s). ``load16`` returns the raw bits as 4 int32 words (2 values each) so the loads
 # can be issued early and unpacked later, when the values are used (``unpack2``).
+def _item_pointer(context, builder, arrty, aval, idxty, ival):
+    """LLVM pointer to ``arr[idx]`` of a 1-D array (the intrinsics below load and store there)."""
+    from numba import types
+    from numba.cuda import cgutils
+
+    ival = context.cast(builder, ival, idxty, types.intp)
+    ary = context.make_array(arrty)(context, builder, aval)
+    return cgutils.get_item_pointer(context, builder, arrty, ary, [ival], wraparound=False)
+
+
 def _make_vector_load4_gpu(lane: str):
     """An intrinsic ``load(arr, idx)`` returning ``arr``'s 16 bytes at element ``idx`` as a tuple
     of 4 lanes (``lane``: "int32" raw words, or "float32"), in one ``ld.v4`` instruction."""
     from llvmlite import ir
     from numba import types
-    from numba.cuda import cgutils
     from numba.cuda.extending import intrinsic
 
     nb_lane = {"int32": types.int32, "float32": types.float32}[lane]
@@ -108,11 +117,7 @@ def _make_vector_load4_gpu(lane: str):
         sig = types.UniTuple(nb_lane, 4)(arr, idx)
 
         def codegen(context, builder, signature, args):
-            arrty, idxty = signature.args
-            aval, ival = args
-            ival = context.cast(builder, ival, idxty, types.intp)
-            ary = context.make_array(arrty)(context, builder, aval)
-            ptr = cgutils.get_item_pointer(context, builder, arrty, ary, [ival], wraparound=False)
+            ptr = _item_pointer(context, builder, signature.args[0], args[0], signature.args[1], args[1])
             i32 = ir.IntType(32)
             ll_lane = i32 if lane == "int32" else ir.FloatType()
             # view the address as <4 x lane> and load it with 16-byte alignment
@@ -130,7 +135,6 @@ def _make_store4f_gpu():
     ``st.v4.f32`` (``arr`` 16-byte aligned at ``idx``)."""
     from llvmlite import ir
     from numba import types
-    from numba.cuda import cgutils
     from numba.cuda.extending import intrinsic
 
     @intrinsic
@@ -138,11 +142,7 @@ def _make_store4f_gpu():
         sig = types.void(arr, idx, types.float32, types.float32, types.float32, types.float32)
 
         def codegen(context, builder, signature, args):
-            arrty, idxty = signature.args[:2]
-            aval, ival = args[:2]
-            ival = context.cast(builder, ival, idxty, types.intp)
-            ary = context.make_array(arrty)(context, builder, aval)
-            ptr = cgutils.get_item_pointer(context, builder, arrty, ary, [ival], wraparound=False)
+            ptr = _item_pointer(context, builder, signature.args[0], args[0], signature.args[1], args[1])
             f32, i32 = ir.FloatType(), ir.IntType(32)
             vec = ir.Constant(ir.VectorType(f32, 4), ir.Undefined)
             for w, x in enumerate(args[2:]):
@@ -243,7 +243,6 @@ ALIGN = None if SIM else 16   # 16-byte aligned shared arrays (the simulator ref
 def _make_cp_async16_gpu():
     from llvmlite import ir
     from numba import types
-    from numba.cuda import cgutils
     from numba.cuda.extending import intrinsic
 
     @intrinsic
@@ -255,20 +254,15 @@ def _make_cp_async16_gpu():
             dty, dity, sty, sity = signature.args
             dval, dival, sval, sival = args
             i8p = ir.IntType(8).as_pointer()
-
-            def ptr(arrty, aval, idxty, ival):
-                ival = context.cast(builder, ival, idxty, types.intp)
-                ary = context.make_array(arrty)(context, builder, aval)
-                p = cgutils.get_item_pointer(context, builder, arrty, ary, [ival], wraparound=False)
-                return builder.bitcast(p, i8p)
-
+            dst = builder.bitcast(_item_pointer(context, builder, dty, dval, dity, dival), i8p)
+            src = builder.bitcast(_item_pointer(context, builder, sty, sval, sity, sival), i8p)
             # cp.async names its destination by a 32-bit shared-window address
-            dshared = builder.addrspacecast(ptr(dty, dval, dity, dival), ir.PointerType(ir.IntType(8), 3))
+            dshared = builder.addrspacecast(dst, ir.PointerType(ir.IntType(8), 3))
             d32 = builder.trunc(builder.ptrtoint(dshared, ir.IntType(64)), ir.IntType(32))
             fnty = ir.FunctionType(ir.VoidType(), [ir.IntType(32), i8p])
             asm = ir.InlineAsm(fnty, "cp.async.cg.shared.global [$0], [$1], 16;", "r,l,~{memory}",
                                side_effect=True)
-            builder.call(asm, [d32, ptr(sty, sval, sity, sival)])
+            builder.call(asm, [d32, src])
             return context.get_dummy_value()
 
         return sig, codegen

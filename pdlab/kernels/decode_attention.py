@@ -43,7 +43,7 @@ version issuing an instruction on 74% of cycles: short of issue slots before ban
   wave would leave most SMs idle while it runs.
 
 Measured on an H200 (bench/results/kernels-h200-2026-11-29.json; bf16, 32/8 heads, head dim 128,
-copy bandwidth 4.27 TB/s): 3.64 TB/s at batch 16 x 4096 (85%) and 3.60 at 64 x 1024 (84%), 3.10
+copy bandwidth 4.26 TB/s): 3.64 TB/s at batch 16 x 4096 (85%) and 3.61 at 64 x 1024 (85%), 3.08
 for one 32k-token sequence (72%). torch SDPA on dense K/V reaches 3.3-4.0 TB/s. Once streaming,
 the kernel moves bytes at the copy rate (4.15-4.25 TB/s, bench/decode_scaling.py); what is left
 is a fixed ~10 us per launch (bench/decode_timeline.py: ~3 us before the first K/V land, blocks
@@ -75,8 +75,8 @@ MAX_REGISTERS = None   # registers per thread left to the compiler (bench/kernel
 # 16 keeps its automatic split counts above one so the tests exercise the merge
 BLOCKS_PER_SM = 16 if SIM else 2
 # rescale the output only when the running max grows (True), or every step (False). Every step
-# measured faster on the H200: the branch-free loop schedules its loads better than the saved
-# multiplies are worth (bench/results/kernels-h200-2026-11-29.json, "lazy" variant)
+# measured 3-5% faster on the H200: the branch-free loop schedules its loads better than the
+# saved multiplies are worth (bench/KERNEL-NOTES.md)
 LAZY_RESCALE = False
 # K/V staging. "ring": each lane copies its slice of the coming row groups into a ring of
 # shared memory with cp.async, RING_BYTES per block, and reads it back when the step comes: the
@@ -207,6 +207,22 @@ def decode_kernel(kind: str, head_dim: int, group: int, block_size: int, wide: b
                 f[VEC * v + 2 * w] = a
                 f[VEC * v + 2 * w + 1] = b
 
+    def scores(qv, kf, sc, u):
+        """q.k of token ``u`` of the step (its K slice unpacked in ``kf``) for every head: the
+        lane's DL products, summed over the row's lanes with shuffles -> ``sc[g, u]``."""
+        for g in range(G):
+            part = float32(0)
+            for i in range(DL):
+                part += qv[g, i] * kf[i]
+            sc[g, u] = row_sum(part)                   # full q.k, on every lane of the row
+
+    def accumulate(acc, kf, sc, u):
+        """acc += p * v for token ``u`` (its V slice unpacked in ``kf``), every head."""
+        for g in range(G):
+            p = sc[g, u]
+            for i in range(DL):
+                acc[g, i] += p * kf[i]
+
     def online_softmax(sc, m, l, acc, base, row, end):
         """Fold this step's scores ``sc[g, u]`` into the running (max m, sum l, output acc) of
         each query head, and turn them into probabilities in place: one max and one rescale per
@@ -231,6 +247,8 @@ def decode_kernel(kind: str, head_dim: int, group: int, block_size: int, wide: b
             l[g] = lsum
 
     if not SIM:
+        scores = cuda.jit(device=True, inline="always")(scores)
+        accumulate = cuda.jit(device=True, inline="always")(accumulate)
         online_softmax = cuda.jit(device=True, inline="always")(online_softmax)
         stage_row = cuda.jit(device=True, inline="always")(stage_row)
         unpack_staged = cuda.jit(device=True, inline="always")(unpack_staged)
@@ -332,19 +350,12 @@ def decode_kernel(kind: str, head_dim: int, group: int, block_size: int, wide: b
                 for u in range(U):       # 1) scores
                     slot = rd + u if rd + u < RING else rd + u - RING
                     unpack_staged(buf, slot, 0, tid, kf)
-                    for g in range(G):
-                        part = float32(0)
-                        for i in range(DL):
-                            part += qv[g, i] * kf[i]
-                        sc[g, u] = row_sum(part)
+                    scores(qv, kf, sc, u)
                 online_softmax(sc, m, l, acc, base, row, end)   # 2)
                 for u in range(U):       # 3) P.V
                     slot = rd + u if rd + u < RING else rd + u - RING
                     unpack_staged(buf, slot, NV, tid, kf)
-                    for g in range(G):
-                        p = sc[g, u]
-                        for i in range(DL):
-                            acc[g, i] += p * kf[i]
+                    accumulate(acc, kf, sc, u)
                 rd = rd + U if rd + U < RING else rd + U - RING
             wait_all()                   # (only empty groups can be left)
             cuda.syncthreads()           # every lane is done with the ring: reuse it below
@@ -357,21 +368,14 @@ def decode_kernel(kind: str, head_dim: int, group: int, block_size: int, wide: b
                 #    of the step computes (no copies between a "current" and a "next" buffer)
                 for u in range(U):
                     unpack_row(kb, u, kf)
-                    for g in range(G):
-                        part = float32(0)
-                        for i in range(DL):
-                            part += qv[g, i] * kf[i]
-                        sc[g, u] = row_sum(part)               # full q.k, on every lane of the row
+                    scores(qv, kf, sc, u)
                     at[u] = slot_of(block_tables, s, nxt + u * NG, row, end, last) * stride + kvoff
                     load_row(k_cache, at[u], kb, u)
                 online_softmax(sc, m, l, acc, base, row, end)   # 2)
                 # 3) P.V, each V row unpacked once for all heads; then refill its registers
                 for u in range(U):
                     unpack_row(vb, u, kf)
-                    for g in range(G):
-                        p = sc[g, u]
-                        for i in range(DL):
-                            acc[g, i] += p * kf[i]
+                    accumulate(acc, kf, sc, u)
                     load_row(v_cache, at[u], vb, u)
 
         # 4) the NG rows saw different tokens: merge their (m, l, acc) through shared memory.

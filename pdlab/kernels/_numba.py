@@ -287,6 +287,11 @@ def _make_cp_async_ctl_gpu(text: str):
     return ctl
 
 
+def has_cp_async() -> bool:
+    """cp.async exists from sm_80 (Ampere) on; the simulator runs it as a plain copy."""
+    return SIM or cuda.get_current_device().compute_capability >= (8, 0)
+
+
 def _cp_async16_sim(dst, di, src, si):   # copy at once: the simulator has no asynchrony
     dst[di : di + 4] = np.asarray(src[si : si + 8]).view(np.float32)
 

@@ -20,7 +20,8 @@ version issuing an instruction on 74% of cycles: short of issue slots before ban
   copies (``cp.async``) of its slice of the row groups ``RING - UNROLL`` groups ahead into a
   ring of shared memory (RING_BYTES per block), and reads back only what it copied itself: no
   barrier. ``ring=0`` keeps the register pipeline (a token's registers refilled with the next
-  step's token as soon as they are used), for comparison.
+  step's token as soon as they are used): for comparison, and on GPUs older than sm_80 (a T4),
+  which have no ``cp.async``.
 - Each lane does its 16 multiply-adds of q.k per head, then the partial dots are summed over the
   LPR lanes with warp shuffles (``lane_sum``). Softmax is *online* (running max m, sum l,
   output acc per query head), so scores never go to memory, and in base 2: q is scaled by
@@ -504,6 +505,8 @@ def _get_kernel(kind, d, group, bs, qkind="f32", unroll=None, max_registers=MAX_
                 ring=None):
     global LOAD_PATH
     unroll = unroll or UNROLL
+    if ring is None and not nb.has_cp_async():
+        ring = 0                 # before sm_80 (a T4, say): stage K/V through registers instead
     if LOAD_PATH == "wide":
         try:
             k = decode_kernel(kind, d, group, bs, True, unroll, qkind, LAZY_RESCALE, max_registers, lane_dims, ring)

@@ -91,6 +91,19 @@ def test_decode_staging_variants(variant):
                                    **tol(torch.bfloat16), msg=f"{variant} splits={splits}")
 
 
+def test_decode_before_sm80_stages_through_registers(monkeypatch):
+    """No cp.async before sm_80 (a T4): the default kernel then uses the register pipeline."""
+    from pdlab.kernels import _numba as nb, decode_attention as da
+
+    rings, real = [], da.decode_kernel
+    monkeypatch.setattr(nb, "has_cp_async", lambda: False)
+    monkeypatch.setattr(da, "decode_kernel", lambda *a: rings.append(a[-1]) or real(*a))
+    c = make_case([40, 3], None, 1, 4, 64, 16, torch.bfloat16, device=DEV, seed=9)
+    out = nbk.decode_attention(c.q_decode, c.k_cache, c.v_cache, c.block_tables, c.seq_lens, c.scale)
+    assert rings == [0]
+    torch.testing.assert_close(out.float().cpu(), ref.decode(c.q_decode, c.ks, c.vs, c.scale), **tol(torch.bfloat16))
+
+
 def test_decode_unknown_variant_option():
     c = make_case([5], None, 1, 4, 64, 16, torch.bfloat16, device=DEV, seed=8)
     with pytest.raises(ValueError, match="unknown option"):

@@ -16,6 +16,7 @@ keeps working on machines where numba is missing or broken.
 
 from __future__ import annotations
 
+import functools
 import operator
 import os
 import threading
@@ -287,8 +288,10 @@ def _make_cp_async_ctl_gpu(text: str):
     return ctl
 
 
+@functools.lru_cache(maxsize=None)
 def has_cp_async() -> bool:
-    """cp.async exists from sm_80 (Ampere) on; the simulator runs it as a plain copy."""
+    """cp.async exists from sm_80 (Ampere) on; the simulator runs it as a plain copy. Asked once
+    per process (every decode call picks its kernel with it)."""
     return SIM or cuda.get_current_device().compute_capability >= (8, 0)
 
 

@@ -84,7 +84,7 @@ def main(argv=None):
         print(batch, res["batches"][str(batch)], flush=True)
     copies = [time_copy(n << 20) for n in (64, 128, 256, 512, 1024)]
     res["copy"] = dict(rows=copies, **fit(copies))
-    for splits in (8, 16, 24, 32):
+    for splits in (8, 16, 24, 32, 33):
         res["splits_1x32768"].append(time_decode(1, 32768, num_splits=splits, **variant))
     print(res["splits_1x32768"], flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

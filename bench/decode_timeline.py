@@ -74,8 +74,8 @@ STAMPS = [
      "after", "            "),
     ("rows_in_smem", 4, "                        acc[g, v * VEC + 7])\n        cuda.syncthreads()\n", "after", "        "),
     ("partial_written", 5, "        if P == 1:\n            return\n", "before", "        "),
-    ("counted", 6, "            sm_last[0] = cuda.atomic.add(done, s * hkv + kvh, 1)\n        cuda.syncthreads()\n",
-     "after", "        "),
+    ("counted", 6, "            fence()                      # acquire: the partials of the splits counted before\n"
+     "        cuda.syncthreads()\n", "after", "        "),
     ("merge_round1", 7, "                mx = mr\n", "after_first_round", "                    "),
     ("merge_end", 8, "            done[s * hkv + kvh] = 0      # ready for the next launch (and the next graph replay)\n",
      "after", "            "),
@@ -118,18 +118,20 @@ def instrumented_module():
     return mod
 
 
-def timeline(mod, batch, context):
+def timeline(mod, batch, context, num_splits=None, **variant):
+    """Phase timestamps of one launch for ``batch`` sequences of ``context`` tokens (``num_splits``
+    and ``variant``: as ``decode_attention`` takes them)."""
     from pdlab.kernels import _numba as nb
 
     kc, vc, bt, sl = paged_cache(batch, context)
     q = torch.randn(batch, H, D, device="cuda", dtype=DTYPE)
-    kern = mod._get_kernel("bf16", D, H // HKV, BS, "bf16")
-    splits = mod.choose_splits(batch, HKV, context, nb.blocks_per_sm(kern, mod.THREADS))
-    splits, split_len = mod.split_plan(context, splits, D, H // HKV)
+    kern = mod._get_kernel("bf16", D, H // HKV, BS, "bf16", **variant)
+    splits = num_splits or mod.choose_splits(batch, HKV, context, nb.blocks_per_sm(kern, mod.THREADS))
+    splits, steps = mod.split_plan(context, splits, D, H // HKV, **variant)
     blocks = HKV * batch * splits
     base = batch * H * splits * D                       # the trace area follows the partials
     o_part = torch.zeros(base + blocks * SLOTS, dtype=torch.float32, device="cuda")
-    lse = torch.empty(batch, H, splits, device="cuda")
+    lse = torch.empty(batch * H * splits, device="cuda")
     out = torch.empty(batch, H, D, dtype=DTYPE, device="cuda")
     done = mod.done_counters(batch * HKV, q.device)
     for _ in range(5):                                  # 4 warm-up launches, then the measured one
@@ -137,12 +139,12 @@ def timeline(mod, batch, context):
         kern[(HKV, batch, splits), mod.THREADS, nb.stream()](
             nb.as_numba(q.view(-1).view(torch.int16)), nb.as_numba(kc.view(torch.int16).view(-1)),
             nb.as_numba(vc.view(torch.int16).view(-1)), nb.as_numba(bt), nb.as_numba(sl), nb.float32(D ** -0.5),
-            split_len, nb.as_numba(o_part), nb.as_numba(lse), nb.as_numba(done), nb.as_numba(out.view(-1).view(torch.int16)))
+            steps, nb.as_numba(o_part), nb.as_numba(lse), nb.as_numba(done), nb.as_numba(out.view(-1).view(torch.int16)))
         torch.cuda.synchronize()
     raw = o_part[base:].view(blocks, SLOTS).cpu().numpy().astype(np.int64)
     rel = ((raw - raw[:, 0].min()) % (1 << 24)) / 1000.0          # microseconds since the first start
     merged = raw[:, MERGED] == 1
-    row = dict(batch=batch, context=context, num_splits=splits, blocks=blocks, phases={})
+    row = dict(batch=batch, context=context, num_splits=splits, **variant, blocks=blocks, phases={})
     for name, slot in [("start", 0)] + [(n, s) for n, s, *_ in STAMPS]:
         if splits == 1 and name in ("counted", "merge_round1", "merge_end"):
             continue

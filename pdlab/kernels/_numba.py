@@ -28,7 +28,7 @@ import numpy as np
 if not hasattr(np, "row_stack"):
     np.row_stack = np.vstack
 
-from numba import cuda, float32, int32  # noqa: E402  (after the shim on purpose)
+from numba import cuda, float32, int32, types  # noqa: E402  (after the shim on purpose)
 from numba.cuda import libdevice  # noqa: E402
 
 SIM: bool = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") == "1"
@@ -61,6 +61,16 @@ def device(gpu_impl, sim_impl):
     if SIM:
         return sim_impl
     return cuda.jit(device=True, inline="always")(gpu_impl)
+
+
+def _index_sim(i):
+    return int(i)
+
+
+#: ``arr[index(i)]``: an index the kernel knows is >= 0. Numba wraps negative (signed) indices
+#: around, a compare and a select per access; an unsigned index skips them. Epilogues that run
+#: once per block read cold instruction memory, so their code size matters.
+index = _index_sim if SIM else types.uint32
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,13 +281,14 @@ def _make_cp_async16_gpu():
     return cp_async16
 
 
-def _make_cp_async_ctl_gpu(text: str):
+def _asm_statement(text: str):
+    """An intrinsic running one PTX statement that orders memory (no operands, clobbers memory)."""
     from llvmlite import ir
     from numba import types
     from numba.cuda.extending import intrinsic
 
     @intrinsic
-    def ctl(typingctx):
+    def statement(typingctx):
         def codegen(context, builder, signature, args):
             asm = ir.InlineAsm(ir.FunctionType(ir.VoidType(), []), text, "~{memory}", side_effect=True)
             builder.call(asm, [])
@@ -285,7 +296,7 @@ def _make_cp_async_ctl_gpu(text: str):
 
         return types.void(), codegen
 
-    return ctl
+    return statement
 
 
 @functools.lru_cache(maxsize=None)
@@ -315,14 +326,23 @@ def cp_async_commit():
     """Close the group of copies this thread started since the last commit."""
     if SIM:
         return _no_op
-    return _make_cp_async_ctl_gpu("cp.async.commit_group;")
+    return _asm_statement("cp.async.commit_group;")
 
 
 def cp_async_wait(pending: int):
     """Wait until at most ``pending`` of this thread's most recent copy groups are unfinished."""
     if SIM:
         return _no_op
-    return _make_cp_async_ctl_gpu(f"cp.async.wait_group {int(pending)};")
+    return _asm_statement(f"cp.async.wait_group {int(pending)};")
+
+
+def fence_acq_rel():
+    """``fence.acq_rel.gpu``: one thread's release (before it signals, covering what its block wrote
+    before a barrier) or acquire (after it saw a signal). Lighter than ``cuda.threadfence`` (a
+    sequentially consistent fence), which a flag-passing pattern does not need."""
+    if SIM:
+        return _no_op
+    return _asm_statement("fence.acq_rel.gpu;")
 
 
 def _load_words_sim(arr, idx):

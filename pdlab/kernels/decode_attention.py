@@ -41,15 +41,17 @@ version issuing an instruction on 74% of cycles: short of issue slots before ban
   a partial output and its log-sum-exp, and the split that finishes last (an atomic counter per
   sequence and KV head) merges them: no second kernel. The split count is chosen so that all
   blocks run in one wave (``nb.blocks_per_sm`` from the kernel's registers): a second, partial
-  wave would leave most SMs idle while it runs.
+  wave would leave most SMs idle while it runs. The epilogues run once per launch, while the
+  bandwidth idles, so their code is kept small and branch-free (unsigned indices, loops of
+  constant trip count): the split merge's first version was 12 KB of index code and took ~3 us.
 
 Measured on an H200 (bench/results/kernels-h200-2026-11-29.json; bf16, 32/8 heads, head dim 128,
-copy bandwidth 4.26 TB/s): 3.64 TB/s at batch 16 x 4096 (85%) and 3.61 at 64 x 1024 (85%), 3.08
-for one 32k-token sequence (72%). torch SDPA on dense K/V reaches 3.3-4.0 TB/s. Once streaming,
-the kernel moves bytes at the copy rate (4.15-4.25 TB/s, bench/decode_scaling.py); what is left
-is a fixed ~10 us per launch (bench/decode_timeline.py: ~3 us before the first K/V land, blocks
-finishing a few us apart, ~3 us for the last split's merge), which weighs most on the shortest
-launch, the 32k sequence's 128 MB.
+copy bandwidth 4.21 TB/s): 3.73 TB/s at batch 16 x 4096 (89%) and 3.69 at 64 x 1024 (88%), 3.28
+for one 32k-token sequence (78%). torch SDPA on dense K/V reaches 3.4-4.1 TB/s. Once streaming,
+the kernel moves bytes at the copy rate (bench/decode_scaling.py); what is left is a fixed 9-11
+us per launch (bench/decode_timeline.py: ~3 us before the first K/V land, blocks finishing up to
+~4 us apart, ~3.5 us from the last block's loop to the merged output), which weighs most on the
+shortest launch, the 32k sequence's 134 MB.
 """
 
 from __future__ import annotations
@@ -85,6 +87,11 @@ LAZY_RESCALE = False
 # its next tokens straight into registers; a block can then only have as many bytes in flight as
 # its registers hold).
 RING_BYTES = 40 * 1024   # under the 48 KB of static shared memory a block may have
+# splits the last split's merge reads per round of loads (each round is a dependent trip to L2):
+# 33 covers one wave of an H200 for 8 KV heads (2 x 132 block slots / 8) in one round. Measured
+# against 16 (three rounds there): 1.7% faster at 1 x 32768, the same for the batched shapes
+# (bench/kernels.py variant merge_round16); the loop, not the merge, sets the register count
+MERGE_ROUND = 33
 
 
 def dims_per_lane(group: int) -> int:
@@ -101,7 +108,8 @@ def _kind(cache) -> str:
 @functools.lru_cache(maxsize=None)
 def decode_kernel(kind: str, head_dim: int, group: int, block_size: int, wide: bool = True,
                   unroll: int = UNROLL, qkind: str = "f32", lazy: bool = True,
-                  max_registers=MAX_REGISTERS, lane_dims: int = None, ring: int = None):
+                  max_registers=MAX_REGISTERS, lane_dims: int = None, ring: int = None,
+                  merge_round: int = None):
     """Compile (once per configuration) the split-K decode kernel. The arguments are baked in
     as constants so loops over them unroll and the small per-thread arrays live in registers.
     ``wide``: 16-byte loads (else eight 2-byte loads per lane, the slower fallback).
@@ -122,6 +130,9 @@ def decode_kernel(kind: str, head_dim: int, group: int, block_size: int, wide: b
     if RING and RING < U + 1:
         raise ValueError(f"ring of {RING} row groups: needs at least unroll + 1 = {U + 1}")
     RING_WORDS = RING * NC * THREADS * 4          # fp32-sized words: 4 per 16-byte chunk
+    NGG = NG * G                 # (token row, head) pairs of the rows' merge
+    OUT4 = G * D // 4            # groups of 4 output dims of a block (a thread merges one at a time)
+    SH4 = (D // 4).bit_length() - 1   # log2(D / 4): head dims are powers of two
     DP = D + 4                   # a row's padded length in the merge buffer: rows start on other banks
     SMEM = max(RING_WORDS, NG * G * DP)           # the ring, reused for the rows' merge at the end
     AL = nb.ALIGN                # 16-byte aligned: the ring is read 16 bytes at a time
@@ -261,20 +272,23 @@ def decode_kernel(kind: str, head_dim: int, group: int, block_size: int, wide: b
     pack = nb.pack1(qkind)       # fp32 -> the output's dtype (q's)
     load4f = nb.load4f()         # 4 fp32 in one 16-byte load (the merges read 4 dims at a time)
     store4f = nb.store4f()
-    R = 16                       # splits a merging thread loads per round
+    fence = nb.fence_acq_rel()
+    ix = nb.index                # an index known to be >= 0: no negative-index wraparound code
+    R = merge_round or MERGE_ROUND   # splits a merging thread loads per round
     q_t = "float32" if qkind == "f32" else "int16"
     sig = None if SIM else (
         f"void({q_t}[::1], int16[::1], int16[::1], int32[:, ::1], int32[::1], "
-        f"float32, int32, float32[::1], float32[:, :, ::1], int32[::1], {q_t}[::1])")
+        f"float32, int32, float32[::1], float32[::1], int32[::1], {q_t}[::1])")
 
     @nb.kernel(sig=sig, max_registers=max_registers)
-    def decode_kernel(q, k_cache, v_cache, block_tables, seq_lens, scale, split_len, o_part, lse_part,
+    def decode_kernel(q, k_cache, v_cache, block_tables, seq_lens, scale, steps, o_part, lse_part,
                       done, out):
         # q            [S * H * D]               query, one per sequence (flat; fp32 or 16-bit)
         # k/v_cache    [num_slots * Hkv * D]     flat paged cache, 16-bit values as int16
         # block_tables [S, max_blocks] int32;  seq_lens [S] int32
+        # steps        block steps (STEP tokens) in max_blocks pages, dealt out to the P splits
         # o_part       [S * H * P * D]           fp32 output of each of the P splits (normalised)
-        # lse_part     [S, H, P]                 fp32 log2-sum-exp2 of each split's scores
+        # lse_part     [S * H * P]               fp32 log2-sum-exp2 of each split's scores
         # done         [S * Hkv] int32           splits finished per (sequence, KV head); all 0
         #                                        between launches (the merging split resets it)
         # out          [S * H * D]               the output, in q's dtype
@@ -288,9 +302,6 @@ def decode_kernel(kind: str, head_dim: int, group: int, block_size: int, wide: b
         # which dims of that row: VEC of them in each of the NV slices of width D/NV, so that a
         # row's LPR lanes read one contiguous run of LPR * 16 bytes per load (coalesced)
         d0 = (tid % LPR) * VEC
-        start = split * split_len
-        end = min(start + split_len, seq_lens[s])
-        last = (end - 1) - (end - 1) % NG   # first token of the last row group
         kvoff = kvh * D + d0                # element offset of this lane's dims within a slot
         stride = hkv * D                    # elements per cache slot
 
@@ -304,6 +315,10 @@ def decode_kernel(kind: str, head_dim: int, group: int, block_size: int, wide: b
         sc = cuda.local.array((G, U), float32)     # this step's scores, then probabilities
         kf = cuda.local.array(DL, float32)         # one unpacked K or V row slice
         buf = cuda.shared.array(SMEM, float32, alignment=AL)   # the K/V ring, then the merge
+        # this split's tokens: whole steps, dealt out as evenly as they go (see split_plan)
+        start = split * steps // P * STEP
+        end = min((split + 1) * steps // P * STEP, seq_lens[s])
+        last = (end - 1) - (end - 1) % NG   # first token of the last row group
         if RING:
             # K/V go through the shared-memory ring: each lane copies its own slice of a row
             # group ahead of time (cp.async) and reads back only what it copied, so no barrier
@@ -384,9 +399,9 @@ def decode_kernel(kind: str, head_dim: int, group: int, block_size: int, wide: b
         #    weights 2^(m_row - m_max); then each thread sums 4 output dims over the rows with
         #    16-byte loads. (No exponentials or dependent loads in the per-dim loop: this runs
         #    while the SM's bandwidth goes unused.)
-        sm_m = cuda.shared.array((NG, G), float32)
-        sm_l = cuda.shared.array((NG, G), float32)
-        sm_w = cuda.shared.array((NG, G), float32)
+        sm_m = cuda.shared.array(NGG, float32)     # [NG, G] each row's max per head ...
+        sm_l = cuda.shared.array(NGG, float32)     # ... its sum ...
+        sm_w = cuda.shared.array(NGG, float32)     # ... and its weight 2^(m_row - m_max)
         sm_mx = cuda.shared.array(G, float32)
         sm_acc = buf                     # [NG, G, DP] flat: each row's output slice per head
         sm_last = cuda.shared.array(1, int32)               # the merge step's arrival count
@@ -395,83 +410,89 @@ def decode_kernel(kind: str, head_dim: int, group: int, block_size: int, wide: b
         mv = cuda.local.array(4, float32)
         for g in range(G):
             if d0 == 0:
-                sm_m[row, g] = m[g]
-                sm_l[row, g] = l[g]
+                sm_m[ix(row * G + g)] = m[g]
+                sm_l[ix(row * G + g)] = l[g]
             for v in range(NV):
                 at0 = (row * G + g) * DP + v * SL + d0
                 store4f(sm_acc, at0, acc[g, v * VEC], acc[g, v * VEC + 1], acc[g, v * VEC + 2], acc[g, v * VEC + 3])
                 store4f(sm_acc, at0 + 4, acc[g, v * VEC + 4], acc[g, v * VEC + 5], acc[g, v * VEC + 6],
                         acc[g, v * VEC + 7])
         cuda.syncthreads()
-        for rg in range(tid, NG * G, THREADS):
-            r = rg // G
+        for k in range(-(-NGG // THREADS)):               # (loops of constant trip count
+            rg = tid + k * THREADS                         #  unroll into straight code)
+            if rg >= NGG:
+                break
             g = rg % G
             mx = NEG
             for r2 in range(NG):
-                mx = max(mx, sm_m[r2, g])
-            sm_w[r, g] = math.exp2(sm_m[r, g] - mx)       # 0 for a row that saw no token
-            if r == 0:
-                sm_mx[g] = mx
+                mx = max(mx, sm_m[ix(r2 * G + g)])
+            sm_w[ix(rg)] = math.exp2(sm_m[ix(rg)] - mx)       # 0 for a row that saw no token
+            if rg < G:
+                sm_mx[ix(g)] = mx
         cuda.syncthreads()
-        for o4 in range(tid, G * D // 4, THREADS):          # 4 output dims per thread
-            g = o4 // (D // 4)
-            d = (o4 % (D // 4)) * 4
+        for k in range(-(-OUT4 // THREADS)):              # 4 output dims per thread
+            o4 = tid + k * THREADS
+            if o4 >= OUT4:
+                break
+            g = o4 >> SH4                                 # o4 // (D / 4), o4 >= 0
+            d = (o4 & (D // 4 - 1)) << 2
             tot = float32(0)
             for i in range(4):
                 mv[i] = float32(0)
             for r in range(NG):
-                w = sm_w[r, g]
-                tot += sm_l[r, g] * w
+                w = sm_w[ix(r * G + g)]
+                tot += sm_l[ix(r * G + g)] * w
                 a0, a1, a2, a3 = load4f(sm_acc, (r * G + g) * DP + d)
                 mv[0] += w * a0
                 mv[1] += w * a1
                 mv[2] += w * a2
                 mv[3] += w * a3
-            h = kvh * G + g
+            h = (s * hkv + kvh) * G + g                   # the query head, counted over sequences
+            inv = float32(1) / tot if tot > float32(0) else float32(0)   # 0: an empty split
             if P == 1:                                    # one split: this is the answer
                 for i in range(4):
-                    out[(s * hkv * G + h) * D + d + i] = pack(mv[i] / tot)   # tot > 0: seq_len >= 1
+                    out[ix(h * D + d + i)] = pack(mv[i] * inv)
             else:
-                at1 = ((s * hkv * G + h) * P + split) * D + d
-                if tot > float32(0):
-                    store4f(o_part, at1, mv[0] / tot, mv[1] / tot, mv[2] / tot, mv[3] / tot)
-                else:                                     # an empty split (past seq_len)
-                    store4f(o_part, at1, float32(0), float32(0), float32(0), float32(0))
+                store4f(o_part, (h * P + split) * D + d, mv[0] * inv, mv[1] * inv, mv[2] * inv, mv[3] * inv)
                 if d == 0:
-                    lse_part[s, h, split] = sm_mx[g] + math.log2(tot) if tot > float32(0) else NEG
+                    lse_part[ix(h * P + split)] = sm_mx[ix(g)] + math.log2(tot) if tot > float32(0) else NEG
         if P == 1:
             return
 
         # 5) FlashDecoding merge, done by whichever split of this (sequence, KV head) finishes
-        #    last: it finds every split's partial in L2, and no second kernel launch is needed
-        cuda.threadfence()               # this split's partials are visible GPU-wide ...
+        #    last: it finds every split's partial in L2, and no second kernel launch is needed.
+        #    One thread signals for the block (the barrier orders the others' writes before its
+        #    release fence), as a grid-wide barrier does
         cuda.syncthreads()
-        if tid == 0:                     # ... before it counts itself done
-            sm_last[0] = cuda.atomic.add(done, s * hkv + kvh, 1)
+        if tid == 0:
+            fence()                      # release: this split's partials, GPU-wide ...
+            sm_last[0] = cuda.atomic.add(done, s * hkv + kvh, 1)   # ... before it counts itself
+            fence()                      # acquire: the partials of the splits counted before
         cuda.syncthreads()
         if sm_last[0] != P - 1:
             return                       # (block-uniform) not the last: nothing more to do
-        cuda.threadfence()
         # Each thread merges 4 output dims of one head over the P splits, R splits per round: it
         # issues the R log-sum-exps and R partial outputs together (one memory round trip per
         # round: this runs while most SMs have finished and wait), then folds them in with a
-        # running max, as the online softmax does with scores
-        for o4 in range(tid, G * D // 4, THREADS):
-            g = o4 // (D // 4)
-            d = (o4 % (D // 4)) * 4
-            h = kvh * G + g
+        # running max, as the online softmax does with scores. Branch-free: past the last split
+        # it re-reads that split and gives it weight 0
+        for k in range(-(-OUT4 // THREADS)):
+            o4 = tid + k * THREADS
+            if o4 >= OUT4:
+                break
+            g = o4 >> SH4
+            d = (o4 & (D // 4 - 1)) << 2
+            h = (s * hkv + kvh) * G + g
             mx = NEG
             tot = float32(0)
             for i in range(4):
                 mv[i] = float32(0)
             for p0 in range(0, P, R):
                 for r in range(R):                           # 2R loads in flight ...
-                    if p0 + r < P:
-                        lv[r] = lse_part[s, h, p0 + r]
-                        ov[r, 0], ov[r, 1], ov[r, 2], ov[r, 3] = load4f(
-                            o_part, ((s * hkv * G + h) * P + p0 + r) * D + d)
-                    else:
-                        lv[r] = NEG
+                    p = min(p0 + r, P - 1)
+                    x = lse_part[ix(h * P + p)]
+                    lv[r] = x if p0 + r < P else NEG
+                    ov[r, 0], ov[r, 1], ov[r, 2], ov[r, 3] = load4f(o_part, (h * P + p) * D + d)
                 mr = mx                                      # ... then folded in
                 for r in range(R):
                     mr = max(mr, lv[r])
@@ -480,14 +501,14 @@ def decode_kernel(kind: str, head_dim: int, group: int, block_size: int, wide: b
                 for i in range(4):
                     mv[i] *= alpha
                 for r in range(R):
-                    if p0 + r < P:
-                        w = math.exp2(lv[r] - mr)            # 0 for an empty split (lse -1e30)
-                        tot += w
-                        for i in range(4):
-                            mv[i] += w * ov[r, i]
+                    w = math.exp2(lv[r] - mr)                # 0 for an empty split (lse -1e30)
+                    tot += w
+                    for i in range(4):
+                        mv[i] += w * ov[r, i]
                 mx = mr
+            inv = float32(1) / tot
             for i in range(4):
-                out[(s * hkv * G + h) * D + d + i] = pack(mv[i] / tot)
+                out[ix(h * D + d + i)] = pack(mv[i] * inv)
         if tid == 0:
             done[s * hkv + kvh] = 0      # ready for the next launch (and the next graph replay)
 
@@ -498,18 +519,19 @@ def decode_kernel(kind: str, head_dim: int, group: int, block_size: int, wide: b
 LOAD_PATH = "wide"
 
 
-VARIANT_OPTIONS = ("unroll", "max_registers", "lane_dims", "ring")
+VARIANT_OPTIONS = ("unroll", "max_registers", "lane_dims", "ring", "merge_round")
 
 
 def _get_kernel(kind, d, group, bs, qkind="f32", unroll=None, max_registers=MAX_REGISTERS, lane_dims=None,
-                ring=None):
+                ring=None, merge_round=None):
     global LOAD_PATH
     unroll = unroll or UNROLL
     if ring is None and not nb.has_cp_async():
         ring = 0                 # before sm_80 (a T4, say): stage K/V through registers instead
     if LOAD_PATH == "wide":
         try:
-            k = decode_kernel(kind, d, group, bs, True, unroll, qkind, LAZY_RESCALE, max_registers, lane_dims, ring)
+            k = decode_kernel(kind, d, group, bs, True, unroll, qkind, LAZY_RESCALE, max_registers, lane_dims, ring,
+                              merge_round)
             if not SIM:
                 for compiled in k.overloads.values():
                     compiled.bind()   # assemble and load now, so a PTX error surfaces here
@@ -520,7 +542,8 @@ def _get_kernel(kind, d, group, bs, qkind="f32", unroll=None, max_registers=MAX_
             warnings.warn(f"16-byte loads and cp.async unavailable ({type(e).__name__}: {e}); "
                           "using 2-byte loads into registers")
             LOAD_PATH = "scalar"
-    return decode_kernel(kind, d, group, bs, False, unroll, qkind, LAZY_RESCALE, max_registers, lane_dims, 0)
+    return decode_kernel(kind, d, group, bs, False, unroll, qkind, LAZY_RESCALE, max_registers, lane_dims, 0,
+                         merge_round)
 
 
 def ring_slots(head_dim: int, group: int, lane_dims=None) -> int:
@@ -555,12 +578,12 @@ def tokens_per_step(head_dim: int, group: int, unroll=None, lane_dims=None, **_)
 
 
 def split_plan(max_context: int, num_splits: int, head_dim: int, group: int = 4, **variant):
-    """(splits, tokens per split) for ``num_splits`` requested: every split but the last starts on
-    a whole block step (and so on a row group), so the split count can come out a little lower."""
-    step = tokens_per_step(head_dim, group, **variant)
-    split_len = -(-max_context // min(num_splits, MAX_SPLITS))
-    split_len = -(-split_len // step) * step
-    return -(-max_context // split_len), split_len
+    """(splits, steps) for ``num_splits`` requested: the context's ``steps`` block steps are dealt
+    out as evenly as whole steps allow (split i starts at step i * steps // splits), so that every
+    split starts on a row group and the split count is exactly the one asked for (up to
+    MAX_SPLITS, and one step per split at least): a wave of blocks fills every slot."""
+    steps = -(-max_context // tokens_per_step(head_dim, group, **variant))
+    return max(1, min(num_splits, MAX_SPLITS, steps)), steps
 
 
 def _check_variant(variant):
@@ -601,13 +624,13 @@ def decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale, num_spl
     k = _get_kernel(_kind(k_cache), d, G, bs, qkind, **variant)
     max_ctx = block_tables.shape[1] * bs          # upper bound on any seq_len, known without a sync
     splits = num_splits or choose_splits(S, hkv, max_ctx, nb.blocks_per_sm(k, THREADS))
-    splits, split_len = split_plan(max_ctx, splits, d, G, **variant)
+    splits, steps = split_plan(max_ctx, splits, d, G, **variant)
     if splits == 1:                                # the kernel writes `out` itself: no partials
         o_part = torch.empty(4, dtype=torch.float32, device=q.device)
-        lse = torch.empty(1, 1, 1, dtype=torch.float32, device=q.device)
+        lse = torch.empty(4, dtype=torch.float32, device=q.device)
     else:
         o_part = torch.empty(S * H * splits * d, dtype=torch.float32, device=q.device)   # [S, H, P, D]
-        lse = torch.empty(S, H, splits, dtype=torch.float32, device=q.device)         # [S, H, P]
+        lse = torch.empty(S * H * splits, dtype=torch.float32, device=q.device)       # [S, H, P]
     # q goes in as it is (no conversion kernel) and out comes back in q's dtype: fp32, or
     # fp16/bf16 as int16 bits (q read 16 bytes at a time)
     qf, of = q.contiguous().view(-1), out.view(-1)
@@ -619,7 +642,7 @@ def decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale, num_spl
     k[(hkv, S, splits), THREADS, st](
         nb.as_numba(qf), nb.as_numba(k_cache.view(torch.int16).view(-1), persistent=True),
         nb.as_numba(v_cache.view(torch.int16).view(-1), persistent=True), nb.as_numba(block_tables),
-        nb.as_numba(seq_lens), float32(scale), split_len, nb.as_numba(o_part), nb.as_numba(lse),
+        nb.as_numba(seq_lens), float32(scale), steps, nb.as_numba(o_part), nb.as_numba(lse),
         nb.as_numba(done_counters(S * hkv, q.device), persistent=True), nb.as_numba(of))
     return out
 

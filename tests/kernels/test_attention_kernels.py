@@ -79,10 +79,12 @@ def test_decode_small_odd_pages(block_size):
                                **tol(torch.bfloat16))
 
 
-@pytest.mark.parametrize("variant", [dict(ring=0), dict(ring=3), dict(unroll=1, ring=2), dict(lane_dims=8, unroll=3)])
+@pytest.mark.parametrize("variant", [dict(ring=0), dict(ring=3), dict(unroll=1, ring=2), dict(lane_dims=8, unroll=3),
+                                     dict(merge_round=2)])
 def test_decode_staging_variants(variant):
     """K/V staged through shared-memory rings of several depths (the prologue covering more or
-    fewer row groups than a split has, partly filled last steps), and the register pipeline."""
+    fewer row groups than a split has, partly filled last steps), the register pipeline, and a
+    split merge in rounds of 2 (3 splits: a full round, then one past the last split)."""
     c = make_case([70, 5, 33], None, 1, 4, 64, 16, torch.bfloat16, device=DEV, seed=8)
     for splits in (1, 3):
         out = nbk.decode_attention(c.q_decode, c.k_cache, c.v_cache, c.block_tables, c.seq_lens, c.scale,
@@ -91,13 +93,32 @@ def test_decode_staging_variants(variant):
                                    **tol(torch.bfloat16), msg=f"{variant} splits={splits}")
 
 
+def test_decode_uneven_splits_leave_counters_zeroed():
+    """Splits of unequal whole-step counts (19 steps of 16 tokens dealt to 2 or 3 splits, one of
+    them past the short sequence's end); the arrival counters are left zeroed for the next launch
+    (a CUDA graph replays the kernel with the same buffer)."""
+    from pdlab.kernels import decode_attention as da
+
+    c = make_case([300, 37], None, 1, 4, 64, 16, torch.bfloat16, device=DEV, seed=11)
+    expected = ref.decode(c.q_decode, c.ks, c.vs, c.scale)
+    for splits in (2, 3, 2):
+        out = nbk.decode_attention(c.q_decode, c.k_cache, c.v_cache, c.block_tables, c.seq_lens, c.scale,
+                                   num_splits=splits)
+        torch.testing.assert_close(out.float().cpu(), expected, **tol(torch.bfloat16), msg=f"splits={splits}")
+        assert not da.done_counters(2, c.q_decode.device).any(), f"counters left set (splits={splits})"
+
+
 def test_decode_before_sm80_stages_through_registers(monkeypatch):
     """No cp.async before sm_80 (a T4): the default kernel then uses the register pipeline."""
     from pdlab.kernels import _numba as nb, decode_attention as da
 
+    import inspect
+
     rings, real = [], da.decode_kernel
+    params = inspect.signature(real.__wrapped__).bind
+
     monkeypatch.setattr(nb, "has_cp_async", lambda: False)
-    monkeypatch.setattr(da, "decode_kernel", lambda *a: rings.append(a[-1]) or real(*a))
+    monkeypatch.setattr(da, "decode_kernel", lambda *a: rings.append(params(*a).arguments["ring"]) or real(*a))
     c = make_case([40, 3], None, 1, 4, 64, 16, torch.bfloat16, device=DEV, seed=9)
     out = nbk.decode_attention(c.q_decode, c.k_cache, c.v_cache, c.block_tables, c.seq_lens, c.scale)
     assert rings == [0]

@@ -88,6 +88,15 @@ def test_decode_stages_kv_with_cp_async(ptx):
         assert "cp.async.cg.shared.global" in text and "cp.async.wait_group" in text
 
 
+def test_decode_split_merge_signals_with_acq_rel_fences(ptx):
+    """The last-split merge is flag passing: one thread's release fence before it counts its
+    split, an acquire after. No sequentially consistent fence (``membar.gl``, what
+    ``cuda.threadfence`` emits) in any thread."""
+    for kind in ("f16", "bf16"):
+        text = ptx["decode_" + kind]
+        assert text.count("fence.acq_rel.gpu") == 2 and "membar.gl" not in text and "fence.sc" not in text
+
+
 def _usage(report):
     regs = int(re.search(r"Used (\d+) registers", report).group(1))
     spills = [int(x) for x in re.findall(r"(\d+) bytes spill (?:stores|loads)", report)]

@@ -348,8 +348,8 @@ for r in RESULTS["prefill"]:
 md(r"""
 What to read from it: the decode points sit on the **left**, where the roof is the bandwidth line;
 no amount of arithmetic speed moves them, only moving bytes faster does. On the H200 our Numba
-kernel reaches about 85% of the copy bandwidth with a batch (72% for one 32k-token sequence,
-where the fixed cost of a launch weighs most); torch's SDPA (a CUDA C++ kernel) reaches 78-95%. The prefill points sit on the **right**: the
+kernel reaches about 88% of the copy bandwidth with a batch (78% for one 32k-token sequence,
+where the fixed cost of a launch weighs most); torch's SDPA (a CUDA C++ kernel) reaches 80-98%. The prefill points sit on the **right**: the
 Numba prefill runs on the fp32 CUDA cores at about 25 TFLOP/s while SDPA uses the tensor cores,
 about 20x faster. Numba has no tensor-core API, which is why real engines write prefill kernels
 in CUDA C++, CUTLASS or Triton.

@@ -593,14 +593,21 @@ def _check_variant(variant):
                          f"(known: {', '.join(VARIANT_OPTIONS)})")
 
 
+def _plan(q, k_cache, block_tables, num_splits=None, **variant):
+    """(kernel, q's kind, split count) for these shapes, from the shapes alone (no host sync):
+    ``num_splits``, or one wave of the kernel's resident blocks."""
+    nblk, bs, hkv, d = k_cache.shape
+    qkind = "f32" if q.dtype == torch.float32 else _kind(q)
+    k = _get_kernel(_kind(k_cache), d, q.shape[1] // hkv, bs, qkind, **variant)
+    splits = num_splits or choose_splits(q.shape[0], hkv, block_tables.shape[1] * bs, nb.blocks_per_sm(k, THREADS))
+    return k, qkind, splits
+
+
 def auto_splits(q, k_cache, block_tables, **variant) -> int:
     """The split count ``decode_attention`` picks for these shapes (no host sync): one wave of
     the kernel's resident blocks."""
     _check_variant(variant)
-    nblk, bs, hkv, d = k_cache.shape
-    k = _get_kernel(_kind(k_cache), d, q.shape[1] // hkv, bs,
-                    "f32" if q.dtype == torch.float32 else _kind(q), **variant)
-    return choose_splits(q.shape[0], hkv, block_tables.shape[1] * bs, nb.blocks_per_sm(k, THREADS))
+    return _plan(q, k_cache, block_tables, **variant)[2]
 
 
 def decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale, num_splits=None, check=True,
@@ -608,8 +615,8 @@ def decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale, num_spl
     """q [S, H, D] -> out [S, H, D] (q's dtype). ``num_splits`` fixes the FlashDecoding split
     count (default: ``auto_splits``, from the shapes alone, no host sync). ``check=False`` skips
     argument validation (the CUDA-graph path validates once before capture). ``variant``
-    options (``unroll``, ``max_registers``, ``lane_dims``, ``ring``) pick a kernel variant
-    (benchmarks)."""
+    options (``VARIANT_OPTIONS``: ``unroll``, ``max_registers``, ``lane_dims``, ``ring``,
+    ``merge_round``) pick a kernel variant (benchmarks)."""
     _check_variant(variant)
     if check:
         validate.check_decode(q, k_cache, v_cache, block_tables, seq_lens, scale)
@@ -620,10 +627,8 @@ def decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale, num_spl
     out = torch.empty(S, H, d, dtype=q.dtype, device=q.device)   # [S, H, D], written by a kernel
     if S == 0:
         return out
-    qkind = "f32" if q.dtype == torch.float32 else _kind(q)
-    k = _get_kernel(_kind(k_cache), d, G, bs, qkind, **variant)
+    k, qkind, splits = _plan(q, k_cache, block_tables, num_splits, **variant)
     max_ctx = block_tables.shape[1] * bs          # upper bound on any seq_len, known without a sync
-    splits = num_splits or choose_splits(S, hkv, max_ctx, nb.blocks_per_sm(k, THREADS))
     splits, steps = split_plan(max_ctx, splits, d, G, **variant)
     if splits == 1:                                # the kernel writes `out` itself: no partials
         o_part = torch.empty(4, dtype=torch.float32, device=q.device)

@@ -309,12 +309,11 @@ def main(argv=None):
     def usage(kern):  # registers per thread (occupancy: 65536 per SM) and spilled bytes
         return dict(regs=kern.get_regs_per_thread(), local_bytes=kern.get_local_mem_per_thread())
 
-    for name, opts, lazy, _ in DECODE_VARIANTS:
-        o = dict(opts)
-        k = attempt("registers", lambda: da.decode_kernel("bf16", D, H // HKV, BS, da.LOAD_PATH == "wide",
-                                                         o.pop("unroll", da.UNROLL), "bf16", lazy,
-                                                         o.pop("max_registers", da.MAX_REGISTERS), o.pop("lane_dims", None),
-                                                         o.pop("ring", None)))
+    package_lazy = da.LAZY_RESCALE
+    for name, opts, lazy, _ in DECODE_VARIANTS:   # the kernels bench_decode ran, built the same way
+        da.LAZY_RESCALE = lazy
+        k = attempt("registers", lambda: da._get_kernel("bf16", D, H // HKV, BS, "bf16", **opts))
+        da.LAZY_RESCALE = package_lazy
         if k is not None:
             res["registers"][f"decode_{name}"] = dict(usage(k), blocks_per_sm=nb.blocks_per_sm(k, da.THREADS))
     if args.decode_only:

@@ -110,13 +110,12 @@ def test_decode_uneven_splits_leave_counters_zeroed():
 
 def test_decode_before_sm80_stages_through_registers(monkeypatch):
     """No cp.async before sm_80 (a T4): the default kernel then uses the register pipeline."""
-    from pdlab.kernels import _numba as nb, decode_attention as da
-
     import inspect
+
+    from pdlab.kernels import _numba as nb, decode_attention as da
 
     rings, real = [], da.decode_kernel
     params = inspect.signature(real.__wrapped__).bind
-
     monkeypatch.setattr(nb, "has_cp_async", lambda: False)
     monkeypatch.setattr(da, "decode_kernel", lambda *a: rings.append(params(*a).arguments["ring"]) or real(*a))
     c = make_case([40, 3], None, 1, 4, 64, 16, torch.bfloat16, device=DEV, seed=9)

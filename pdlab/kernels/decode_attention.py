@@ -46,12 +46,13 @@ version issuing an instruction on 74% of cycles: short of issue slots before ban
   constant trip count): the split merge's first version was 12 KB of index code and took ~3 us.
 
 Measured on an H200 (bench/results/kernels-h200-2026-11-29.json; bf16, 32/8 heads, head dim 128,
-copy bandwidth 4.21 TB/s): 3.73 TB/s at batch 16 x 4096 (89%) and 3.69 at 64 x 1024 (88%), 3.28
-for one 32k-token sequence (78%). torch SDPA on dense K/V reaches 3.4-4.1 TB/s. Once streaming,
-the kernel moves bytes at the copy rate (bench/decode_scaling.py); what is left is a fixed 9-11
-us per launch (bench/decode_timeline.py: ~3 us before the first K/V land, blocks finishing up to
-~4 us apart, ~3.5 us from the last block's loop to the merged output), which weighs most on the
-shortest launch, the 32k sequence's 134 MB.
+copy bandwidth 4.22 TB/s, per call with 20 calls in one CUDA graph): 3.78 TB/s at batch 16 x 4096
+(90%) and 3.74 at 64 x 1024 (89%), 3.38 for one 32k-token sequence (80%). torch SDPA on dense K/V
+reaches 3.6-4.3 TB/s. Once streaming, the kernel moves bytes at the copy rate
+(bench/decode_scaling.py); what is left is a fixed 8-10 us per launch (bench/decode_timeline.py:
+~3.4 us before the first K/V land, blocks finishing up to ~4.6 us apart, ~3.5 us from the last
+block's loop to the merged output), which weighs most on the shortest launch, the 32k sequence's
+134 MB.
 """
 
 from __future__ import annotations

@@ -31,10 +31,10 @@ per block, which is what fixes the tile shapes.
 
 Scores are kept in base 2 (q scaled by log2(e)), so each exponential is one ``exp2``.
 
-Measured on an H200 (bench/results/kernels-h200-2026-11-29.json): 25.8 TFLOP/s for a causal
-4096-token prompt (SDPA: 520), 21.8 for a 512-token chunk after 3584 cached tokens (21.8-23.5
-over the day's runs). 256-thread blocks capped at 128 registers put 16 warps on an SM;
-128-thread blocks need 247 registers (8 warps) and reach 20.7.
+Measured on an H200 (bench/results/kernels-h200-2026-11-29.json): 25.4 TFLOP/s for a causal
+4096-token prompt (SDPA: 520), 22.1 for a 512-token chunk after 3584 cached tokens (25.4-25.8 and
+21.8-23.5 over the day's runs). 256-thread blocks capped at 128 registers put 16 warps on an SM;
+128-thread blocks need 247 registers (8 warps) and reach 20.9.
 """
 
 from __future__ import annotations

@@ -18,8 +18,9 @@ version issuing an instruction on 74% of cycles: short of issue slots before ban
   loads into registers can only have in flight what the registers hold (the register version
   used 254 per thread and stalled at 78% of copy bandwidth). So each lane starts asynchronous
   copies (``cp.async``) of its slice of the row groups ``RING - UNROLL`` groups ahead into a
-  ring of shared memory (RING_BYTES per block), and reads back only what it copied itself: no
-  barrier. ``ring=0`` keeps the register pipeline (a token's registers refilled with the next
+  ring of shared memory (RING_BYTES per block: all 48 KB of static shared memory, the
+  epilogue's small arrays carved from the same buffer; a sixth slot, 4 row groups ahead instead
+  of 3, measured 1.4-2.1% faster), and reads back only what it copied itself: no barrier. ``ring=0`` keeps the register pipeline (a token's registers refilled with the next
   step's token as soon as they are used): for comparison, and on GPUs older than sm_80 (a T4),
   which have no ``cp.async``.
 - Each lane does its 16 multiply-adds of q.k per head, then the partial dots are summed over the
@@ -46,11 +47,11 @@ version issuing an instruction on 74% of cycles: short of issue slots before ban
   constant trip count): the split merge's first version was 12 KB of index code and took ~3 us.
 
 Measured on an H200 (bench/results/kernels-h200-2026-11-29.json; bf16, 32/8 heads, head dim 128,
-copy bandwidth 4.22 TB/s, per call with 20 calls in one CUDA graph): 3.78 TB/s at batch 16 x 4096
-(90%) and 3.74 at 64 x 1024 (89%), 3.38 for one 32k-token sequence (80%). torch SDPA on dense K/V
-reaches 3.6-4.3 TB/s. Once streaming, the kernel moves bytes at the copy rate
+copy bandwidth 4.27 TB/s, per call with 20 calls in one CUDA graph): 3.80 TB/s at batch 16 x 4096
+(89%) and 3.77 at 64 x 1024 (88%), 3.40 for one 32k-token sequence (79.6%). torch SDPA on dense K/V
+reaches 3.5-4.2 TB/s. Once streaming, the kernel moves bytes at 4.4 TB/s
 (bench/decode_scaling.py); what is left is a fixed 8-10 us per launch (bench/decode_timeline.py:
-~3.4 us before the first K/V land, blocks finishing up to ~4.6 us apart, ~3.5 us from the last
+~3.9 us before the first K/V land, blocks finishing up to ~4.3 us apart, ~3.5 us from the last
 block's loop to the merged output), which weighs most on the shortest launch, the 32k sequence's
 134 MB.
 """
@@ -87,7 +88,7 @@ LAZY_RESCALE = False
 # bytes in flight no longer sit in registers. 0 slots: the register pipeline (each lane loads
 # its next tokens straight into registers; a block can then only have as many bytes in flight as
 # its registers hold).
-RING_BYTES = 40 * 1024   # under the 48 KB of static shared memory a block may have
+RING_BYTES = 48 * 1024   # all the static shared memory a block may have
 # splits the last split's merge reads per round of loads (each round is a dependent trip to L2):
 # 33 covers one wave of an H200 for 8 KV heads (2 x 132 block slots / 8) in one round. Measured
 # against 16 (three rounds there): 1.7% faster at 1 x 32768, the same for the batched shapes
@@ -135,7 +136,14 @@ def decode_kernel(kind: str, head_dim: int, group: int, block_size: int, wide: b
     OUT4 = G * D // 4            # groups of 4 output dims of a block (a thread merges one at a time)
     SH4 = (D // 4).bit_length() - 1   # log2(D / 4): head dims are powers of two
     DP = D + 4                   # a row's padded length in the merge buffer: rows start on other banks
-    SMEM = max(RING_WORDS, NG * G * DP)           # the ring, reused for the rows' merge at the end
+    # the ring, reused at the end for the rows' merge and its small arrays (one static buffer:
+    # every byte of the 48 KB a block may have goes to the ring)
+    OFF_M = NG * G * DP          # [NG, G, DP] row outputs, then the rows' maxima, sums, weights,
+    OFF_L = OFF_M + NG * G       # the heads' maxima and the arrival ticket
+    OFF_W = OFF_L + NG * G
+    OFF_MX = OFF_W + NG * G
+    OFF_T = OFF_MX + G
+    SMEM = max(RING_WORDS, OFF_T + 4)
     AL = nb.ALIGN                # 16-byte aligned: the ring is read 16 bytes at a time
     NEG = nb.NEG
     load16 = nb.load16(wide)     # 16-byte load -> 4 raw int32 words (plain Python on the simulator)
@@ -400,12 +408,12 @@ def decode_kernel(kind: str, head_dim: int, group: int, block_size: int, wide: b
         #    weights 2^(m_row - m_max); then each thread sums 4 output dims over the rows with
         #    16-byte loads. (No exponentials or dependent loads in the per-dim loop: this runs
         #    while the SM's bandwidth goes unused.)
-        sm_m = cuda.shared.array(NGG, float32)     # [NG, G] each row's max per head ...
-        sm_l = cuda.shared.array(NGG, float32)     # ... its sum ...
-        sm_w = cuda.shared.array(NGG, float32)     # ... and its weight 2^(m_row - m_max)
-        sm_mx = cuda.shared.array(G, float32)
         sm_acc = buf                     # [NG, G, DP] flat: each row's output slice per head
-        sm_last = cuda.shared.array(1, int32)               # the merge step's arrival count
+        sm_m = buf[OFF_M:OFF_L]          # [NG, G] each row's max per head ...
+        sm_l = buf[OFF_L:OFF_W]          # ... its sum ...
+        sm_w = buf[OFF_W:OFF_MX]         # ... and its weight 2^(m_row - m_max)
+        sm_mx = buf[OFF_MX:OFF_T]        # [G] each head's max over the rows
+        sm_last = buf[OFF_T:OFF_T + 1]   # the merge step's arrival count (exact as fp32)
         ov = cuda.local.array((R, 4), float32)             # partial outputs, 4 dims each ...
         lv = cuda.local.array(R, float32)                  # ... and log-sum-exps, one round
         mv = cuda.local.array(4, float32)
@@ -467,10 +475,10 @@ def decode_kernel(kind: str, head_dim: int, group: int, block_size: int, wide: b
         cuda.syncthreads()
         if tid == 0:
             fence()                      # release: this split's partials, GPU-wide ...
-            sm_last[0] = cuda.atomic.add(done, s * hkv + kvh, 1)   # ... before it counts itself
+            sm_last[0] = float32(cuda.atomic.add(done, s * hkv + kvh, 1))   # ... before it counts itself
             fence()                      # acquire: the partials of the splits counted before
         cuda.syncthreads()
-        if sm_last[0] != P - 1:
+        if sm_last[0] != float32(P - 1):
             return                       # (block-uniform) not the last: nothing more to do
         # Each thread merges 4 output dims of one head over the P splits, R splits per round: it
         # issues the R log-sum-exps and R partial outputs together (one memory round trip per
@@ -548,7 +556,7 @@ def _get_kernel(kind, d, group, bs, qkind="f32", unroll=None, max_registers=MAX_
 
 
 def ring_slots(head_dim: int, group: int, lane_dims=None) -> int:
-    """Row groups the shared-memory ring holds: as many as RING_BYTES allow (5 for head dim 128
+    """Row groups the shared-memory ring holds: as many as RING_BYTES allow (6 for head dim 128
     and groups up to 4: 4 KB of K and 4 KB of V per row group of 16 tokens)."""
     nv = (lane_dims or dims_per_lane(group)) // VEC
     return RING_BYTES // (2 * nv * THREADS * 16)

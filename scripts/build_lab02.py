@@ -218,8 +218,9 @@ One query token per sequence, against its whole paged context. The grid has one 
 * **A ring of shared memory.** To stream at full bandwidth an SM needs tens of kilobytes in
   flight. Loads into registers can only keep as many bytes in flight as the registers hold, so
   each thread instead starts asynchronous copies (`cp.async`) of its slice of the row groups
-  three groups ahead into a ring of shared memory, and reads back only what it copied itself
-  (no barrier needed). On the H200 this took the kernel from 78% to 85% of copy bandwidth.
+  four groups ahead into a ring of shared memory (six slots: all 48 KB a block may have), and
+  reads back only what it copied itself (no barrier needed). On the H200 the ring took the
+  kernel from 78% to 85% of copy bandwidth, and a sixth slot added another 1.4-2.1%.
 * **Merging the rows.** Each row group's rows saw different tokens, so at the end each row posts
   its `(m, l, acc)` to shared memory and the block combines them: the same algebra as the
   online softmax below.
@@ -414,10 +415,11 @@ tables in place and replays: sub-microsecond per kernel instead of tens.
 
 ## Going further
 
-1. Our decode kernel reaches about 78% of the copy bandwidth, SDPA up to 95%. Where might the rest
-   go? (Hint: each block holds 254 registers per thread, so only 8 warps share an SM: how many
-   bytes are in flight per SM, and how many would Little's law ask for? The results file has
-   variants with other unrolls and lane widths.)
+1. Our decode kernel reaches 79-89% of the copy bandwidth, SDPA 83-98%. Where might the rest
+   go? (Hint: each thread holds 234 registers, so only 8 warps share an SM: how many bytes are
+   in flight per SM with 4 ring slots of 8 KB ahead per block, and how many would Little's law
+   ask for? The results file has variants with other rings, unrolls and lane widths, and
+   `bench/KERNEL-NOTES.md` what was tried.)
 2. With 8 KV heads and batch 1 there are only 8 blocks: why does the split count matter so much
    there, and what does the merge cost (`splits_x2` in the results file)?
 3. FP8 KV (1 byte per value) halves the bytes. What happens to the decode time, and to the

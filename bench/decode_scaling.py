@@ -3,9 +3,9 @@
     python bench/decode_scaling.py --out bench/results/decode-scaling-h200-2026-11-29.json
 
 For each batch size, the kernel (calls captured in a CUDA graph and replayed, as bench/kernels.py
-times it) is timed over a range of contexts and a line time = fixed + bytes / rate is fitted: ``fixed_us`` is what a
-launch costs whatever the context (block start-up, the split merge, the gap between graph
-nodes), ``stream_tbps`` the rate at which K/V bytes then go by. The same fit for torch SDPA on
+times it) is timed over a range of contexts and a line time = fixed + bytes / rate is fitted:
+``fixed_us`` is what a launch costs whatever the context (block start-up, the split merge, the
+gap between graph nodes), ``stream_tbps`` the rate at which K/V bytes then go by. The same fit for torch SDPA on
 dense K/V and for a torch device-to-device copy (bytes read + written) says how much of the
 fixed cost any kernel of that size pays. Also times the 1 x 32768 shape at several split
 counts (fewer splits: fewer partials to merge, but fewer blocks to read).

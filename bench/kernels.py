@@ -39,18 +39,17 @@ H, HKV, D, BS = 32, 8, 128, 16
 PREFILL_VARIANTS = [((256, 64, 64, 32, 32), 128), ((256, 64, 64, 32, 32), None),
                     ((128, 64, 64, 32, 32), None), ((128, 64, 64, 32, 32), 168)]
 DTYPE = torch.bfloat16
-# decode variants: (name, decode_attention options, lazy rescale, split multiplier); the first is
+# decode variants: (name, decode_attention options, split multiplier); the first is
 # the package default (K/V staged through a shared-memory ring with cp.async). registers: the
 # register pipeline (no ring). lanes8: each lane owns 8 head dims (the layout groups of 8 heads
 # use). cap168: at most 168 registers per thread, so 3 blocks share an SM. merge_round16: the
 # last split's merge reads 16 splits per round of loads instead of 33 (three rounds at 1 x 32768).
 # ring5: a ring of 5 row groups (3 ahead) instead of the 6 that 48 KB hold.
-DECODE_VARIANTS = [("default", {}, False, 1), ("cap168", dict(max_registers=168), False, 1),
-                   ("unroll1", dict(unroll=1), False, 1), ("ring3", dict(ring=3), False, 1),
-                   ("lanes8", dict(lane_dims=8), False, 1), ("lanes8_unroll4", dict(lane_dims=8, unroll=4), False, 1),
-                   ("splits_x2", {}, False, 2), ("registers", dict(ring=0), False, 1),
-                   ("registers_lanes8_unroll4", dict(ring=0, lane_dims=8, unroll=4), False, 1),
-                   ("merge_round16", dict(merge_round=16), False, 1), ("ring5", dict(ring=5), False, 1)]
+DECODE_VARIANTS = [("default", {}, 1), ("cap168", dict(max_registers=168), 1), ("unroll1", dict(unroll=1), 1),
+                   ("ring3", dict(ring=3), 1), ("lanes8", dict(lane_dims=8), 1),
+                   ("lanes8_unroll4", dict(lane_dims=8, unroll=4), 1), ("splits_x2", {}, 2),
+                   ("registers", dict(ring=0), 1), ("registers_lanes8_unroll4", dict(ring=0, lane_dims=8, unroll=4), 1),
+                   ("merge_round16", dict(merge_round=16), 1), ("ring5", dict(ring=5), 1)]
 
 
 GRAPH_CALLS = 20   # calls per captured graph in graph_ms
@@ -115,22 +114,19 @@ def bench_decode(nbk, batch, context):
     kv_bytes = 2 * batch * context * HKV * D * k_cache.element_size()
     ref = torch_ref_decode(q, k_cache, v_cache, bt, sl, scale)
     variants = []
-    package_lazy = da.LAZY_RESCALE
-    for name, opts, lazy, more_splits in DECODE_VARIANTS:
-        da.LAZY_RESCALE = lazy
+    for name, opts, more_splits in DECODE_VARIANTS:
         splits = da.auto_splits(q, k_cache, bt, **opts) * more_splits
         run = lambda: da.decode_attention(q, k_cache, v_cache, bt, sl, scale, num_splits=splits,  # noqa: E731
                                           check=False, **opts)
         ms = graph_ms(run)
         err = (run().float() - ref.float()).abs().max().item()
         effective_splits = da.split_plan(context, splits, D, H // HKV, **opts)[0]
-        variants.append(dict(name=name, **opts, lazy_rescale=lazy, num_splits=effective_splits, ms=ms,
+        variants.append(dict(name=name, **opts, num_splits=effective_splits, ms=ms,
                              tbps=kv_bytes / (ms * 1e-3) / 1e12, max_abs_err_vs_torch=err))
         if name == "default":   # the engine's DecodeGraph: one call per replay
             g = DecodeGraph(q, k_cache, v_cache, bt, sl, scale, num_splits=splits)
             graph1_ms = timed(g.replay, iters=50)
             del g
-    da.LAZY_RESCALE = package_lazy
     default = variants[0]
     best = min(variants, key=lambda v: v["ms"])
     eager_ms = timed(lambda: nbk.decode_attention(q, k_cache, v_cache, bt, sl, scale, check=False), iters=20)
@@ -228,7 +224,8 @@ def bench_launch(nbk):
     kern = da._get_kernel("bf16", D, H // HKV, BS)
     args = (nb.as_numba(q32.view(-1)), nb.as_numba(k_cache.view(-1), persistent=True),
             nb.as_numba(v_cache.view(-1), persistent=True), nb.as_numba(bt), nb.as_numba(sl),
-            nb.float32(D ** -0.5), da.split_plan(16, 1, D, H // HKV)[1], nb.as_numba(o), nb.as_numba(lse), nb.as_numba(done), nb.as_numba(out))
+            nb.float32(D ** -0.5), da.split_plan(16, 1, D, H // HKV)[1], nb.as_numba(o), nb.as_numba(lse),
+            nb.as_numba(done), nb.as_numba(out))
     grid = (HKV, 1, 1)
     n = 200
 
@@ -338,11 +335,8 @@ def main(argv=None):
     def usage(kern):  # registers per thread (occupancy: 65536 per SM) and spilled bytes
         return dict(regs=kern.get_regs_per_thread(), local_bytes=kern.get_local_mem_per_thread())
 
-    package_lazy = da.LAZY_RESCALE
-    for name, opts, lazy, _ in DECODE_VARIANTS:   # the kernels bench_decode ran, built the same way
-        da.LAZY_RESCALE = lazy
+    for name, opts, _ in DECODE_VARIANTS:   # the kernels bench_decode ran, built the same way
         k = attempt("registers", lambda: da._get_kernel("bf16", D, H // HKV, BS, "bf16", **opts))
-        da.LAZY_RESCALE = package_lazy
         if k is not None:
             res["registers"][f"decode_{name}"] = dict(usage(k), blocks_per_sm=nb.blocks_per_sm(k, da.THREADS))
     if args.decode_only:

@@ -20,9 +20,10 @@ version issuing an instruction on 74% of cycles: short of issue slots before ban
   copies (``cp.async``) of its slice of the row groups ``RING - UNROLL`` groups ahead into a
   ring of shared memory (RING_BYTES per block: all 48 KB of static shared memory, the
   epilogue's small arrays carved from the same buffer; a sixth slot, 4 row groups ahead instead
-  of 3, measured 1.4-2.1% faster), and reads back only what it copied itself: no barrier. ``ring=0`` keeps the register pipeline (a token's registers refilled with the next
-  step's token as soon as they are used): for comparison, and on GPUs older than sm_80 (a T4),
-  which have no ``cp.async``.
+  of 3, measured 1.4-2.1% faster), and reads back only what it copied itself: no barrier.
+  ``ring=0`` keeps the register pipeline (a token's registers refilled with the next step's
+  token as soon as they are used): for comparison, and on GPUs older than sm_80 (a T4), which
+  have no ``cp.async``.
 - Each lane does its 16 multiply-adds of q.k per head, then the partial dots are summed over the
   LPR lanes with warp shuffles (``lane_sum``). Softmax is *online* (running max m, sum l,
   output acc per query head), so scores never go to memory, and in base 2: q is scaled by

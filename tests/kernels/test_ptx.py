@@ -2,7 +2,7 @@
 instructions (a stray Python float makes the whole kernel fp64), 16-byte loads, cp.async and warp
 shuffles in decode; then assemble it with ptxas (the GPU driver does the same at load time): no
 register spills, shared memory within a block's static 48 KB. Needs NVVM, NVRTC and ptxas (the
-test extra installs them as wheels); skipped without them."""
+ptx extra installs them as wheels); skipped without them."""
 
 import json
 import re

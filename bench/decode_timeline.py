@@ -15,7 +15,7 @@ relative to the earliest block start of the launch, in microseconds, summarised 
 - loop_end: warp 0 has consumed its last step; all_warps: the whole block has
 - rows_in_smem / partial_written: the merge of the block's token rows (through shared memory)
   and the write of its partial output
-- counted: its arrival is counted (memory fence, atomic); for the block that arrives last:
+- counted: its arrival is counted (one acquire-release atomic); for the block that arrives last:
   merge_round1 / merge_end: the FlashDecoding merge of the splits (first round of loads, end)
 
 Shapes are bench/kernels.py's, LAUNCHES launches back to back in one replayed CUDA graph (a
@@ -77,7 +77,7 @@ STAMPS = [
      "after", "            "),
     ("rows_in_smem", 4, "                        acc[g, v * VEC + 7])\n        cuda.syncthreads()\n", "after", "        "),
     ("partial_written", 5, "        if P == 1:\n            return\n", "before", "        "),
-    ("counted", 6, "            fence()                      # acquire: the partials of the splits counted before\n"
+    ("counted", 6, "            sm_last[0] = float32(arrive(done, s * hkv + kvh))   # splits counted before this one\n"
      "        cuda.syncthreads()\n", "after", "        "),
     ("merge_round1", 7, "                mx = mr\n", "after_first_round", "                    "),
     ("merge_end", 8, "            done[s * hkv + kvh] = 0      # ready for the next launch (and the next graph replay)\n",

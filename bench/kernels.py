@@ -44,12 +44,14 @@ DTYPE = torch.bfloat16
 # register pipeline (no ring). lanes8: each lane owns 8 head dims (the layout groups of 8 heads
 # use). cap168: at most 168 registers per thread, so 3 blocks share an SM. merge_round16: the
 # last split's merge reads 16 splits per round of loads instead of 33 (three rounds at 1 x 32768).
-# ring5: a ring of 5 row groups (3 ahead) instead of the 6 that 48 KB hold.
+# ring5: a ring of 5 row groups (3 ahead) instead of the 6 that 48 KB hold. no_evict_first: the
+# K/V copies without the L2 evict-first hint.
 DECODE_VARIANTS = [("default", {}, 1), ("cap168", dict(max_registers=168), 1), ("unroll1", dict(unroll=1), 1),
                    ("ring3", dict(ring=3), 1), ("lanes8", dict(lane_dims=8), 1),
                    ("lanes8_unroll4", dict(lane_dims=8, unroll=4), 1), ("splits_x2", {}, 2),
                    ("registers", dict(ring=0), 1), ("registers_lanes8_unroll4", dict(ring=0, lane_dims=8, unroll=4), 1),
-                   ("merge_round16", dict(merge_round=16), 1), ("ring5", dict(ring=5), 1)]
+                   ("merge_round16", dict(merge_round=16), 1), ("ring5", dict(ring=5), 1),
+                   ("no_evict_first", dict(evict_first=False), 1)]
 
 
 GRAPH_CALLS = 20   # calls per captured graph in graph_ms

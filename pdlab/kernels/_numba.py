@@ -251,7 +251,7 @@ def store4f():
 ALIGN = None if SIM else 16   # 16-byte aligned shared arrays (the simulator refuses alignment)
 
 
-def _make_cp_async16_gpu():
+def _make_cp_async16_gpu(evict_first: bool):
     from llvmlite import ir
     from numba import types
     from numba.cuda.extending import intrinsic
@@ -270,10 +270,19 @@ def _make_cp_async16_gpu():
             # cp.async names its destination by a 32-bit shared-window address
             dshared = builder.addrspacecast(dst, ir.PointerType(ir.IntType(8), 3))
             d32 = builder.trunc(builder.ptrtoint(dshared, ir.IntType(64)), ir.IntType(32))
-            fnty = ir.FunctionType(ir.VoidType(), [ir.IntType(32), i8p])
-            asm = ir.InlineAsm(fnty, "cp.async.cg.shared.global [$0], [$1], 16;", "r,l,~{memory}",
-                               side_effect=True)
-            builder.call(asm, [d32, src])
+            if not evict_first:
+                fnty = ir.FunctionType(ir.VoidType(), [ir.IntType(32), i8p])
+                asm = ir.InlineAsm(fnty, "cp.async.cg.shared.global [$0], [$1], 16;", "r,l,~{memory}",
+                                   side_effect=True)
+                builder.call(asm, [d32, src])
+                return context.get_dummy_value()
+            # the cache policy is a constant (ptxas folds it into the copy's memory descriptor)
+            policy = builder.call(ir.InlineAsm(ir.FunctionType(ir.IntType(64), []),
+                                               "createpolicy.fractional.L2::evict_first.b64 $0, 1.0;", "=l"), [])
+            fnty = ir.FunctionType(ir.VoidType(), [ir.IntType(32), i8p, ir.IntType(64)])
+            asm = ir.InlineAsm(fnty, "cp.async.cg.shared.global.L2::cache_hint [$0], [$1], 16, $2;",
+                               "r,l,l,~{memory}", side_effect=True)
+            builder.call(asm, [d32, src, policy])
             return context.get_dummy_value()
 
         return sig, codegen
@@ -314,12 +323,14 @@ def _no_op():
     pass
 
 
-def cp_async16():
+def cp_async16(evict_first: bool = False):
     """``copy(dst, di, src, si)``: 16 bytes from global ``src[si:]`` (8 fp16/bf16 values, viewed as
-    int16) to shared ``dst[di:di+4]`` (a float32 array used as raw words), asynchronously."""
+    int16) to shared ``dst[di:di+4]`` (a float32 array used as raw words), asynchronously.
+    ``evict_first``: the bytes are read once (decode's K/V), so L2 evicts their lines first and
+    keeps what is read again (block tables, partial outputs) instead of the stream."""
     if SIM:
         return _cp_async16_sim
-    return _make_cp_async16_gpu()
+    return _make_cp_async16_gpu(evict_first)
 
 
 def cp_async_commit():
@@ -336,13 +347,45 @@ def cp_async_wait(pending: int):
     return _asm_statement(f"cp.async.wait_group {int(pending)};")
 
 
-def fence_acq_rel():
-    """``fence.acq_rel.gpu``: one thread's release (before it signals, covering what its block wrote
-    before a barrier) or acquire (after it saw a signal). Lighter than ``cuda.threadfence`` (a
-    sequentially consistent fence), which a flag-passing pattern does not need."""
+def _make_arrive_gpu():
+    from llvmlite import ir
+    from numba import types
+    from numba.cuda.extending import intrinsic
+
+    @intrinsic
+    def arrive(typingctx, arr, idx):
+        sig = types.int32(arr, idx)
+
+        def codegen(context, builder, signature, args):
+            ptr = _item_pointer(context, builder, signature.args[0], args[0], signature.args[1], args[1])
+            asm = ir.InlineAsm(ir.FunctionType(ir.IntType(32), [ptr.type]), "atom.acq_rel.gpu.add.u32 $0, [$1], 1;",
+                               "=r,l,~{memory}", side_effect=True)
+            return builder.call(asm, [ptr])
+
+        return sig, codegen
+
+    return arrive
+
+
+_arrive_lock = threading.Lock()
+
+
+def _arrive_sim(arr, idx):   # the simulator runs a block's threads as OS threads
+    with _arrive_lock:
+        old = arr[idx]
+        arr[idx] = old + 1
+    return old
+
+
+def arrive():
+    """``arrive(counter, i)``: add 1 to the int32 ``counter[i]`` and return its old value, in one
+    ``atom.acq_rel.gpu``: a release (what this thread, and through a barrier before it its block,
+    wrote is visible GPU-wide before the count) and an acquire (what the blocks counted before
+    wrote is visible after it). Cheaper than a relaxed atomic between two ``fence.acq_rel.gpu``:
+    one ``MEMBAR.GPU`` instead of two."""
     if SIM:
-        return _no_op
-    return _asm_statement("fence.acq_rel.gpu;")
+        return _arrive_sim
+    return _make_arrive_gpu()
 
 
 def _load_words_sim(arr, idx):

@@ -21,6 +21,8 @@ version issuing an instruction on 74% of cycles: short of issue slots before ban
   ring of shared memory (RING_BYTES per block: all 48 KB of static shared memory, the
   epilogue's small arrays carved from the same buffer; a sixth slot, 4 row groups ahead instead
   of 3, measured 1.4-2.1% faster), and reads back only what it copied itself: no barrier.
+  The copies carry an L2 evict-first hint: K/V are read once per launch, so L2 keeps the block
+  tables and partial outputs rather than the stream (1.8-2.8% faster).
   ``ring=0`` keeps the register pipeline (a token's registers refilled with the next step's
   token as soon as they are used): for comparison, and on GPUs older than sm_80 (a T4), which
   have no ``cp.async``.
@@ -40,19 +42,19 @@ version issuing an instruction on 74% of cycles: short of issue slots before ban
   4 output dims over the rows with 16-byte loads.
 - FlashDecoding: with a small batch there are too few (KV head, sequence) blocks to fill 132
   SMs, so the context is cut into ``num_splits`` pieces processed by separate blocks; each writes
-  a partial output and its log-sum-exp, and the split that finishes last (an atomic counter per
-  sequence and KV head) merges them: no second kernel. The split count is chosen so that all
+  a partial output and its log-sum-exp, and the split that finishes last (an acquire-release
+  atomic counter per sequence and KV head) merges them: no second kernel. The split count is chosen so that all
   blocks run in one wave (``nb.blocks_per_sm`` from the kernel's registers): a second, partial
   wave would leave most SMs idle while it runs. The epilogues run once per launch, while the
   bandwidth idles, so their code is kept small and branch-free (unsigned indices, loops of
   constant trip count): the split merge's first version was 12 KB of index code and took ~3 us.
 
 Measured on an H200 (bench/results/kernels-h200-2026-11-29.json; bf16, 32/8 heads, head dim 128,
-copy bandwidth 4.27 TB/s, per call with 20 calls in one CUDA graph): 3.80 TB/s at batch 16 x 4096
-(89%) and 3.77 at 64 x 1024 (88%), 3.40 for one 32k-token sequence (79.6%). torch SDPA on dense K/V
+copy bandwidth 4.27 TB/s, per call with 20 calls in one CUDA graph): 3.92 TB/s at batch 16 x 4096
+(92%) and 3.85 at 64 x 1024 (90%), 3.49 for one 32k-token sequence (82%). torch SDPA on dense K/V
 reaches 3.5-4.2 TB/s. Once streaming, the kernel moves bytes at 4.4 TB/s
-(bench/decode_scaling.py); what is left is a fixed 8-10 us per launch (bench/decode_timeline.py:
-~3.9 us before the first K/V land, blocks finishing up to ~4.3 us apart, ~3.5 us from the last
+(bench/decode_scaling.py); what is left is a fixed 7-9 us per launch (bench/decode_timeline.py:
+~3.7 us before the first K/V land, blocks finishing up to ~3.8 us apart, ~3.2 us from the last
 block's loop to the merged output), which weighs most on the shortest launch, the 32k sequence's
 134 MB.
 """
@@ -112,14 +114,15 @@ def _kind(cache) -> str:
 def decode_kernel(kind: str, head_dim: int, group: int, block_size: int, wide: bool = True,
                   unroll: int = UNROLL, qkind: str = "f32", lazy: bool = True,
                   max_registers=MAX_REGISTERS, lane_dims: int = None, ring: int = None,
-                  merge_round: int = None):
+                  merge_round: int = None, evict_first: bool = True):
     """Compile (once per configuration) the split-K decode kernel. The arguments are baked in
     as constants so loops over them unroll and the small per-thread arrays live in registers.
     ``wide``: 16-byte loads (else eight 2-byte loads per lane, the slower fallback).
     ``qkind``: dtype of q ("f32", or "f16"/"bf16" passed as int16 bits). ``lazy``: rescale the
     output only when the running max grows. ``lane_dims``: head dims per lane (default
     ``dims_per_lane(group)``). ``ring``: row-group slots of the shared-memory ring K/V are staged
-    through (default ``ring_slots``; 0: the register pipeline)."""
+    through (default ``ring_slots``; 0: the register pipeline). ``evict_first``: the ring's copies
+    ask L2 to evict K/V lines first (they are read once per launch)."""
     D, G, BS, U, LAZY = head_dim, group, block_size, unroll, lazy
     DL = lane_dims or dims_per_lane(group)   # dims of a token row this lane owns
     NV = DL // VEC               # 16-byte loads per lane per row (of K, and again of V)
@@ -206,7 +209,7 @@ def decode_kernel(kind: str, head_dim: int, group: int, block_size: int, wide: b
             f[2 * w] = a
             f[2 * w + 1] = b
 
-    copy16 = nb.cp_async16()     # 16 bytes global -> shared, asynchronously
+    copy16 = nb.cp_async16(evict_first)   # 16 bytes global -> shared, asynchronously
     commit = nb.cp_async_commit()
     wait_step = nb.cp_async_wait(max(RING - U, 0))   # this step's U row groups have landed
     wait_all = nb.cp_async_wait(0)
@@ -282,7 +285,7 @@ def decode_kernel(kind: str, head_dim: int, group: int, block_size: int, wide: b
     pack = nb.pack1(qkind)       # fp32 -> the output's dtype (q's)
     load4f = nb.load4f()         # 4 fp32 in one 16-byte load (the merges read 4 dims at a time)
     store4f = nb.store4f()
-    fence = nb.fence_acq_rel()
+    arrive = nb.arrive()         # count a split in, with release and acquire semantics
     ix = nb.index                # an index known to be >= 0: no negative-index wraparound code
     R = merge_round or MERGE_ROUND   # splits a merging thread loads per round
     q_t = "float32" if qkind == "f32" else "int16"
@@ -472,12 +475,11 @@ def decode_kernel(kind: str, head_dim: int, group: int, block_size: int, wide: b
         # 5) FlashDecoding merge, done by whichever split of this (sequence, KV head) finishes
         #    last: it finds every split's partial in L2, and no second kernel launch is needed.
         #    One thread signals for the block (the barrier orders the others' writes before its
-        #    release fence), as a grid-wide barrier does
+        #    release), as a grid-wide barrier does: one atomic both releases this split's partials
+        #    before it counts itself and acquires those of the splits counted before
         cuda.syncthreads()
         if tid == 0:
-            fence()                      # release: this split's partials, GPU-wide ...
-            sm_last[0] = float32(cuda.atomic.add(done, s * hkv + kvh, 1))   # ... before it counts itself
-            fence()                      # acquire: the partials of the splits counted before
+            sm_last[0] = float32(arrive(done, s * hkv + kvh))   # splits counted before this one
         cuda.syncthreads()
         if sm_last[0] != float32(P - 1):
             return                       # (block-uniform) not the last: nothing more to do
@@ -529,11 +531,11 @@ def decode_kernel(kind: str, head_dim: int, group: int, block_size: int, wide: b
 LOAD_PATH = "wide"
 
 
-VARIANT_OPTIONS = ("unroll", "max_registers", "lane_dims", "ring", "merge_round")
+VARIANT_OPTIONS = ("unroll", "max_registers", "lane_dims", "ring", "merge_round", "evict_first")
 
 
 def _get_kernel(kind, d, group, bs, qkind="f32", unroll=None, max_registers=MAX_REGISTERS, lane_dims=None,
-                ring=None, merge_round=None):
+                ring=None, merge_round=None, evict_first=True):
     global LOAD_PATH
     unroll = unroll or UNROLL
     if ring is None and not nb.has_cp_async():
@@ -541,7 +543,7 @@ def _get_kernel(kind, d, group, bs, qkind="f32", unroll=None, max_registers=MAX_
     if LOAD_PATH == "wide":
         try:
             k = decode_kernel(kind, d, group, bs, True, unroll, qkind, LAZY_RESCALE, max_registers, lane_dims, ring,
-                              merge_round)
+                              merge_round, evict_first)
             if not SIM:
                 for compiled in k.overloads.values():
                     compiled.bind()   # assemble and load now, so a PTX error surfaces here
@@ -626,7 +628,7 @@ def decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale, num_spl
     count (default: ``auto_splits``, from the shapes alone, no host sync). ``check=False`` skips
     argument validation (the CUDA-graph path validates once before capture). ``variant``
     options (``VARIANT_OPTIONS``: ``unroll``, ``max_registers``, ``lane_dims``, ``ring``,
-    ``merge_round``) pick a kernel variant (benchmarks)."""
+    ``merge_round``, ``evict_first``) pick a kernel variant (benchmarks)."""
     _check_variant(variant)
     if check:
         validate.check_decode(q, k_cache, v_cache, block_tables, seq_lens, scale)

@@ -72,7 +72,7 @@ def test_decode_q_dtype_differs_from_cache(nbk, q_dtype):
 
 def test_decode_variants_agree(nbk):
     """The benchmark's variants (rescale every step, unroll, ring depth, register pipeline, 8 dims
-    per lane, register caps, more splits) give the same answer."""
+    per lane, register caps, more splits, no L2 hint) give the same answer."""
     from pdlab.kernels import decode_attention as da
 
     c = make_case([5000, 17, 1024], None, 8, 4, 128, 16, torch.bfloat16, device="cuda", seed=16)
@@ -83,7 +83,7 @@ def test_decode_variants_agree(nbk):
                                    (False, dict(unroll=4), 2), (False, dict(ring=0), None),
                                    (False, dict(ring=0, lane_dims=8, unroll=4), 3), (False, dict(lane_dims=8), None),
                                    (False, dict(unroll=1, max_registers=168), 5), (False, dict(ring=3), 2),
-                                   (False, dict(max_registers=168), None)]:
+                                   (False, dict(max_registers=168), None), (False, dict(evict_first=False), None)]:
             da.LAZY_RESCALE = lazy
             out = nbk.decode_attention(c.q_decode, c.k_cache, c.v_cache, c.block_tables, c.seq_lens, c.scale,
                                        num_splits=splits, **opts)

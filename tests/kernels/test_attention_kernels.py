@@ -80,7 +80,7 @@ def test_decode_small_odd_pages(block_size):
 
 
 @pytest.mark.parametrize("variant", [dict(ring=0), dict(ring=3), dict(unroll=1, ring=2), dict(lane_dims=8, unroll=3),
-                                     dict(merge_round=2)])
+                                     dict(merge_round=2), dict(evict_first=False)])
 def test_decode_staging_variants(variant):
     """K/V staged through shared-memory rings of several depths (the prologue covering more or
     fewer row groups than a split has, partly filled last steps), the register pipeline, and a

@@ -83,18 +83,22 @@ def test_decode_uses_wide_loads_and_shuffles(ptx):
 
 
 def test_decode_stages_kv_with_cp_async(ptx):
+    """K/V go through cp.async, every copy with an L2 evict-first policy (read once per launch)."""
     for kind in ("f16", "bf16"):
         text = ptx["decode_" + kind]
-        assert "cp.async.cg.shared.global" in text and "cp.async.wait_group" in text
+        copies = re.findall(r"cp\.async\.cg\.shared\.global\S*", text)
+        assert copies and set(copies) == {"cp.async.cg.shared.global.L2::cache_hint"}, set(copies)
+        assert "createpolicy.fractional.L2::evict_first" in text and "cp.async.wait_group" in text
 
 
-def test_decode_split_merge_signals_with_acq_rel_fences(ptx):
-    """The last-split merge is flag passing: one thread's release fence before it counts its
-    split, an acquire after. No sequentially consistent fence (``membar.gl``, what
-    ``cuda.threadfence`` emits) in any thread."""
+def test_decode_split_merge_signals_with_one_acq_rel_atomic(ptx):
+    """The last-split merge is flag passing: one thread counts its split in with one
+    ``atom.acq_rel.gpu`` (release before, acquire after). No fence at all, and no sequentially
+    consistent one (``membar.gl``, what ``cuda.threadfence`` emits) in any thread."""
     for kind in ("f16", "bf16"):
         text = ptx["decode_" + kind]
-        assert text.count("fence.acq_rel.gpu") == 2 and "membar.gl" not in text and "fence.sc" not in text
+        assert text.count("atom.acq_rel.gpu.add.u32") == 1, "one arrival atomic"
+        assert "fence." not in text and "membar" not in text
 
 
 def _usage(report):

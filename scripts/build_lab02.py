@@ -220,7 +220,9 @@ One query token per sequence, against its whole paged context. The grid has one 
   each thread instead starts asynchronous copies (`cp.async`) of its slice of the row groups
   four groups ahead into a ring of shared memory (six slots: all 48 KB a block may have), and
   reads back only what it copied itself (no barrier needed). On the H200 the ring took the
-  kernel from 78% to 85% of copy bandwidth, and a sixth slot added another 1.4-2.1%.
+  kernel from 78% to 85% of copy bandwidth, and a sixth slot added another 1.4-2.1%. The copies
+  also tell L2 to evict these lines first: K/V are read once per step, and what is read again
+  (the block tables, the splits' partial results) should stay cached instead (2-3% more).
 * **Merging the rows.** Each row group's rows saw different tokens, so at the end each row posts
   its `(m, l, acc)` to shared memory and the block combines them: the same algebra as the
   online softmax below.
@@ -349,8 +351,9 @@ for r in RESULTS["prefill"]:
 md(r"""
 What to read from it: the decode points sit on the **left**, where the roof is the bandwidth line;
 no amount of arithmetic speed moves them, only moving bytes faster does. On the H200 our Numba
-kernel reaches about 88% of the copy bandwidth with a batch (78% for one 32k-token sequence,
-where the fixed cost of a launch weighs most); torch's SDPA (a CUDA C++ kernel) reaches 80-98%. The prefill points sit on the **right**: the
+kernel reaches about 91% of the copy bandwidth with a batch (82% for one 32k-token sequence,
+where the fixed cost of a launch weighs most); torch's SDPA (a CUDA C++ kernel) reaches 83-98%.
+The prefill points sit on the **right**: the
 Numba prefill runs on the fp32 CUDA cores at about 25 TFLOP/s while SDPA uses the tensor cores,
 about 20x faster. Numba has no tensor-core API, which is why real engines write prefill kernels
 in CUDA C++, CUTLASS or Triton.
@@ -415,7 +418,7 @@ tables in place and replays: sub-microsecond per kernel instead of tens.
 
 ## Going further
 
-1. Our decode kernel reaches 79-89% of the copy bandwidth, SDPA 83-98%. Where might the rest
+1. Our decode kernel reaches 82-92% of the copy bandwidth, SDPA 83-98%. Where might the rest
    go? (Hint: each thread holds 234 registers, so only 8 warps share an SM: how many bytes are
    in flight per SM with 4 ring slots of 8 KB ahead per block, and how many would Little's law
    ask for? The results file has variants with other rings, unrolls and lane widths, and

@@ -43,9 +43,9 @@ version issuing an instruction on 74% of cycles: short of issue slots before ban
 - FlashDecoding: with a small batch there are too few (KV head, sequence) blocks to fill 132
   SMs, so the context is cut into ``num_splits`` pieces processed by separate blocks; each writes
   a partial output and its log-sum-exp, and the split that finishes last (an acquire-release
-  atomic counter per sequence and KV head) merges them: no second kernel. The split count is chosen so that all
-  blocks run in one wave (``nb.blocks_per_sm`` from the kernel's registers): a second, partial
-  wave would leave most SMs idle while it runs. The epilogues run once per launch, while the
+  atomic counter per sequence and KV head) merges them: no second kernel. The split count is
+  chosen so that all blocks run in one wave (``nb.blocks_per_sm`` from the kernel's registers):
+  a second, partial wave would leave most SMs idle while it runs. The epilogues run once per launch, while the
   bandwidth idles, so their code is kept small and branch-free (unsigned indices, loops of
   constant trip count): the split merge's first version was 12 KB of index code and took ~3 us.
 

@@ -270,19 +270,15 @@ def _make_cp_async16_gpu(evict_first: bool):
             # cp.async names its destination by a 32-bit shared-window address
             dshared = builder.addrspacecast(dst, ir.PointerType(ir.IntType(8), 3))
             d32 = builder.trunc(builder.ptrtoint(dshared, ir.IntType(64)), ir.IntType(32))
-            if not evict_first:
-                fnty = ir.FunctionType(ir.VoidType(), [ir.IntType(32), i8p])
-                asm = ir.InlineAsm(fnty, "cp.async.cg.shared.global [$0], [$1], 16;", "r,l,~{memory}",
-                                   side_effect=True)
-                builder.call(asm, [d32, src])
-                return context.get_dummy_value()
-            # the cache policy is a constant (ptxas folds it into the copy's memory descriptor)
-            policy = builder.call(ir.InlineAsm(ir.FunctionType(ir.IntType(64), []),
-                                               "createpolicy.fractional.L2::evict_first.b64 $0, 1.0;", "=l"), [])
-            fnty = ir.FunctionType(ir.VoidType(), [ir.IntType(32), i8p, ir.IntType(64)])
-            asm = ir.InlineAsm(fnty, "cp.async.cg.shared.global.L2::cache_hint [$0], [$1], 16, $2;",
-                               "r,l,l,~{memory}", side_effect=True)
-            builder.call(asm, [d32, src, policy])
+            text, constraints, operands = "cp.async.cg.shared.global [$0], [$1], 16;", "r,l", [d32, src]
+            if evict_first:
+                # the cache policy is a constant (ptxas folds it into the copy's memory descriptor)
+                policy = builder.call(ir.InlineAsm(ir.FunctionType(ir.IntType(64), []),
+                                                   "createpolicy.fractional.L2::evict_first.b64 $0, 1.0;", "=l"), [])
+                text = "cp.async.cg.shared.global.L2::cache_hint [$0], [$1], 16, $2;"
+                constraints, operands = "r,l,l", operands + [policy]
+            fnty = ir.FunctionType(ir.VoidType(), [o.type for o in operands])
+            builder.call(ir.InlineAsm(fnty, text, constraints + ",~{memory}", side_effect=True), operands)
             return context.get_dummy_value()
 
         return sig, codegen

@@ -45,9 +45,10 @@ version issuing an instruction on 74% of cycles: short of issue slots before ban
   a partial output and its log-sum-exp, and the split that finishes last (an acquire-release
   atomic counter per sequence and KV head) merges them: no second kernel. The split count is
   chosen so that all blocks run in one wave (``nb.blocks_per_sm`` from the kernel's registers):
-  a second, partial wave would leave most SMs idle while it runs. The epilogues run once per launch, while the
-  bandwidth idles, so their code is kept small and branch-free (unsigned indices, loops of
-  constant trip count): the split merge's first version was 12 KB of index code and took ~3 us.
+  a second, partial wave would leave most SMs idle while it runs. The epilogues run once per
+  launch, while the bandwidth idles, so their code is kept small and branch-free (unsigned
+  indices, loops of constant trip count): the split merge's first version was 12 KB of index
+  code and took ~3 us.
 
 Measured on an H200 (bench/results/kernels-h200-2026-11-29.json; bf16, 32/8 heads, head dim 128,
 copy bandwidth 4.27 TB/s, per call with 20 calls in one CUDA graph): 3.92 TB/s at batch 16 x 4096

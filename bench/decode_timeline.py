@@ -87,16 +87,16 @@ MERGED = 9   # slot flagging the block that merged the splits
 
 
 def instrumented_module():
-    """A module holding a timestamped copy of pdlab.kernels.decode_attention."""
+    """A module holding a timestamped copy of the decode kernel (pdlab.kernels.decode_kernel)."""
     from pdlab.kernels import _numba as nb
 
     nb.globaltimer = _globaltimer()
-    src = (ROOT / "pdlab" / "kernels" / "decode_attention.py").read_text()
+    src = (ROOT / "pdlab" / "kernels" / "decode_kernel.py").read_text()
 
     def replace(anchor, new):
         nonlocal src
         if src.count(anchor) != 1:
-            raise SystemExit(f"decode_timeline: anchor not found once in decode_attention.py: {anchor!r}")
+            raise SystemExit(f"decode_timeline: anchor not found once in decode_kernel.py: {anchor!r}")
         src = src.replace(anchor, new)
 
     replace("        kvh = cuda.blockIdx.x\n", "        t_start_ = nb.globaltimer()\n        kvh = cuda.blockIdx.x\n")
@@ -115,9 +115,9 @@ def instrumented_module():
         elif where == "after_first_round":
             replace(anchor, anchor + "                if p0 == 0:\n" + _stamp(slot, indent))
     replace(_stamp(8, "            "), _stamp(8, "            ") + f"            o_part[trace_ + {MERGED}] = float32(1)\n")
-    mod = types.ModuleType("pdlab.kernels.decode_attention_timeline")
+    mod = types.ModuleType("pdlab.kernels.decode_kernel_timeline")
     mod.__package__ = "pdlab.kernels"
-    exec(compile(src, "decode_attention_timeline", "exec"), mod.__dict__)
+    exec(compile(src, "decode_kernel_timeline", "exec"), mod.__dict__)
     return mod
 
 
@@ -131,18 +131,20 @@ def timeline(mod, batch, context, num_splits=None, **variant):
     first block start), then the median over launches 2.. (the first follows the host, not a
     kernel). ``gap`` is the time from one launch's last stamp to the next one's first block."""
     from pdlab.kernels import _numba as nb
+    from pdlab.kernels import decode_attention as da
 
     kc, vc, bt, sl = paged_cache(batch, context)
     q = torch.randn(batch, H, D, device="cuda", dtype=DTYPE)
-    kern = mod._get_kernel("bf16", D, H // HKV, BS, "bf16", **variant)
-    splits = num_splits or mod.choose_splits(batch, HKV, context, nb.blocks_per_sm(kern, mod.THREADS))
-    splits, steps = mod.split_plan(context, splits, D, H // HKV, **variant)
+    # the instrumented copy of the device code, built as the host's _get_kernel builds the package's
+    kern = mod.decode_kernel("bf16", D, H // HKV, BS, qkind="bf16", lazy=da.LAZY_RESCALE, **variant)
+    splits = num_splits or da.choose_splits(batch, HKV, context, nb.blocks_per_sm(kern, mod.THREADS))
+    splits, steps = da.split_plan(context, splits, D, H // HKV, **variant)
     blocks = HKV * batch * splits
     base = batch * H * splits * D                       # the trace area follows the partials
     parts = [torch.zeros(base + blocks * SLOTS, dtype=torch.float32, device="cuda") for _ in range(LAUNCHES)]
     lse = torch.empty(batch * H * splits, device="cuda")
     out = torch.empty(batch, H, D, dtype=DTYPE, device="cuda")
-    done = mod.done_counters(batch * HKV, q.device)
+    done = da.done_counters(batch * HKV, q.device)
 
     def launch(o_part):
         kern[(HKV, batch, splits), mod.THREADS, nb.stream()](

@@ -98,7 +98,7 @@ def roofline_figure(results: dict, live: list[dict] | None = None) -> go.Figure:
 # ---------------------------------------------------------------------------------------------
 def thread_map(head_dim=128, threads=128, unroll=2, lane_dims=16, vec=8) -> np.ndarray:
     """[tokens in one step, head_dim] -> the thread id that loads that K element in the decode
-    kernel (``pdlab/kernels/decode_attention.py``): LPR = head_dim / lane_dims lanes per token
+    kernel (``pdlab/kernels/decode_kernel.py``): LPR = head_dim / lane_dims lanes per token
     row, each owning ``vec`` dims in each of the lane_dims / vec slices of the row (so the LPR
     lanes' loads are contiguous); threads / LPR rows; each thread takes `unroll` rows, NG apart."""
     lpr = head_dim // lane_dims

@@ -47,8 +47,10 @@ md(r"""
 4. Why is decode attention **memory-bound** however many sequences you batch, and how close does
    a Numba kernel get to the bandwidth roof on an H200?
 
-The kernels live in `pdlab/kernels/` (`decode_attention.py`, `prefill_attention.py`,
-`cache_ops.py`; `_numba.py` holds the Numba-specific helpers). Keep them open beside this notebook.
+The kernels live in `pdlab/kernels/`: device code in `decode_kernel.py`, `prefill_fp32.py` and
+`cache_ops.py`, the host side (checks, planning, launch) in `decode_attention.py` and
+`prefill_attention.py`; `_numba.py` and `_memory.py` hold the Numba-specific helpers and
+intrinsics. Keep them open beside this notebook.
 """)
 
 code(r"""
@@ -186,14 +188,14 @@ md(r"""
 The Numba decode kernel runs this recurrence per query head, with two changes that save work:
 it scores a few tokens (`UNROLL`) per step and takes one max and one rescale per step, not per
 token; and it works in base 2 (q is scaled by log2(e) once, so each exponential is a single
-`exp2` instruction). Here is that part of `pdlab/kernels/decode_attention.py`:
+`exp2` instruction). Here is that part of `pdlab/kernels/decode_kernel.py`:
 """)
 
 code(r"""
 import inspect
-import pdlab.kernels.decode_attention as da
+import pdlab.kernels.decode_kernel as dk
 
-src = inspect.getsource(da)
+src = inspect.getsource(dk)
 start = src.index("    def online_softmax(")
 print(src[start:src.index("    if not SIM:", start)])
 """)

@@ -31,6 +31,18 @@ from . import torch_paged
 
 BACKENDS = ("numba", "torch")
 _cache: dict = {}
+_reserved_wrappers = 0   # see reserve_wrappers
+
+
+def reserve_wrappers(n: int) -> None:
+    """Make room for at least ``n`` cached wrappers of persistent tensors (KV caches) in the
+    Numba backend. It wraps each cache view it launches on once and keeps the wrapper in a small
+    first-in, first-out cache; a launch on a view that has fallen out re-wraps it (tens of
+    microseconds). An engine with L layers launches on up to 4 views per layer (write_kv's
+    [slots, Hkv*D] and the attention kernels' flat view, of K and of V), so it reserves about
+    4 L per executor. Reservations only grow. Does not import numba."""
+    global _reserved_wrappers
+    _reserved_wrappers = max(_reserved_wrappers, int(n))
 
 
 def get_backend(name: str = "numba"):
@@ -92,4 +104,4 @@ def default_backend() -> str:
         return "torch"
 
 
-__all__ = ["get_backend", "default_backend", "BACKENDS"]
+__all__ = ["get_backend", "default_backend", "reserve_wrappers", "BACKENDS"]

@@ -12,6 +12,27 @@ KV_DTYPES = (torch.float16, torch.bfloat16)
 INDEX_DTYPES = (torch.int32, torch.int64)
 
 
+# ---- what the Numba kernels support (the torch backend takes any head dim and group) --------
+NUMBA_HEAD_DIMS = (64, 128)
+NUMBA_MAX_GROUP = 8
+
+
+def kind(t) -> str:
+    """The Numba kernels' name for a 16-bit tensor's dtype: "bf16" or "f16"."""
+    return "bf16" if t.dtype == torch.bfloat16 else "f16"
+
+
+def check_supported(head_dim: int, group: int, what: str = "attention") -> None:
+    """Raise a ``ValueError`` (before any launch) for shapes the Numba ``what`` kernel does not
+    cover: head dims other than 64 and 128 (the kernels' lane and tile layouts), and more than 8
+    query heads per KV head (their per-thread state)."""
+    if head_dim not in NUMBA_HEAD_DIMS:
+        raise ValueError(f"q: head_dim {head_dim} not supported by the Numba {what} kernel "
+                         f"(supported: {NUMBA_HEAD_DIMS}); use get_backend('torch')")
+    if group > NUMBA_MAX_GROUP:
+        raise ValueError(f"q: {group} query heads per KV head; the Numba kernels support up to {NUMBA_MAX_GROUP}")
+
+
 def _capturing() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 

@@ -41,3 +41,19 @@ def test_torch_backend_works_without_numba():
             print('ok')
     """)
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr
+
+
+def test_reserve_wrappers_grows_the_cache_without_importing_numba():
+    r = run("""
+        import sys
+        from pdlab import kernels
+        kernels.reserve_wrappers(40)
+        kernels.reserve_wrappers(12)          # reservations only grow
+        assert 'numba' not in sys.modules, 'reserve_wrappers imported numba'
+        from pdlab.kernels import _numba as nb
+        assert nb.wrap_capacity() == 40, nb.wrap_capacity()
+        nb._WRAP_CACHE_MAX = 64               # the older way of asking still counts
+        assert nb.wrap_capacity() == 64
+        print('ok')
+    """)
+    assert r.returncode == 0 and "ok" in r.stdout, r.stderr

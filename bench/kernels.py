@@ -12,8 +12,11 @@ What is measured (CUDA events, after warm-up, median of repeats):
   call per replayed graph, which adds the graph's own launch (~1 us on the H200).
   sdpa_tbps: torch SDPA on the same K/V stored dense (no paging), the vendor-kernel anchor,
   timed the same way (sdpa_eager_*: launched from Python).
-- prefill: one causal 4096-token prompt, same heads; FLOPs = 4 * D * H * L(L+1)/2
-  (QK^T and PV over the causal half). SDPA uses tensor cores; the Numba kernel cannot.
+- prefill: one causal 4096-token prompt, and a 512-token chunk after 3584 cached tokens, same
+  heads; FLOPs = 4 * D * H * (visible query-key pairs) (QK^T and PV over the causal part).
+  The tensor-core kernel (``kernel="mma"``, the default on sm_80+) in each tile of
+  MMA_VARIANTS, the fp32 CUDA-core kernel (``kernel="fp32"``), and torch SDPA on the same K/V
+  stored dense (causal, lower-right aligned for the chunk: the flash kernel), all in one run.
 - launch_us: per-kernel launch overhead from Python (eager, the decode kernel) and per kernel
   inside a replayed CUDA graph (an empty kernel, so launch cost alone); see its "note".
 """
@@ -38,6 +41,15 @@ H, HKV, D, BS = 32, 8, 128, 16
 # package default. A cap lets more blocks share an SM (65536 registers) at the price of spills.
 PREFILL_VARIANTS = [((256, 64, 64, 32, 32), 128), ((256, 64, 64, 32, 32), None),
                     ((128, 64, 64, 32, 32), None), ((128, 64, 64, 32, 32), 168)]
+# tensor-core prefill variants: (name, tile = (warps, m-tiles of 16 rows per warp, BN keys),
+# register cap); the first is the package default. 4w1m64: 64 query rows per block, Q's
+# fragments in registers (233 registers, 2 blocks per SM); 4w2m32: 128 rows, 32 rows per warp
+# (each K/V fragment feeds two m-tiles: half the shared-memory reads per FLOP), Q reloaded from
+# shared memory; 8w1m32: 128 rows over 8 warps (half the copies per FLOP); 4w1m32: 32-key
+# tiles, 168 registers (3 blocks per SM); 2w1m64: 32 rows per block; cap168: 3 blocks per SM at
+# the price of a few spills.
+MMA_VARIANTS = [("4w1m64", (4, 1, 64), None), ("4w2m32", (4, 2, 32), None), ("8w1m32", (8, 1, 32), None),
+                ("4w1m32", (4, 1, 32), None), ("2w1m64", (2, 1, 64), None), ("4w1m64cap168", (4, 1, 64), 168)]
 DTYPE = torch.bfloat16
 # decode variants: (name, decode_attention options, split multiplier); the first is
 # the package default (K/V staged through a shared-memory ring with cp.async). registers: the
@@ -157,7 +169,24 @@ def torch_ref_decode(q, k_cache, v_cache, bt, sl, scale):
     return get_backend("torch").decode_attention(q, k_cache, v_cache, bt, sl, scale)
 
 
-def bench_prefill(nbk, tokens, context=None):
+def sdpa_prefill(q, tokens, context, scale):
+    """torch SDPA on the same shapes with K/V dense: causal (is_causal) for a whole prompt; for a
+    chunk after cached context, causal aligned to the lower right (query i sees keys up to
+    context - tokens + i), which SDPA runs in its flash kernel. Milliseconds per call."""
+    qd = q.transpose(0, 1)[None]                                  # [1, H, L, D]
+    kd = torch.randn(1, HKV, context, D, device="cuda", dtype=DTYPE)
+    vd = torch.randn_like(kd)
+    if context == tokens:
+        return timed(lambda: F.scaled_dot_product_attention(qd, kd, vd, is_causal=True, scale=scale,
+                                                            enable_gqa=True), iters=20)
+    from torch.nn.attention.bias import causal_lower_right
+
+    kd, vd = kd.repeat_interleave(H // HKV, 1), vd.repeat_interleave(H // HKV, 1)   # [1, H, ctx, D]
+    bias = causal_lower_right(tokens, context)
+    return timed(lambda: F.scaled_dot_product_attention(qd, kd, vd, attn_mask=bias, scale=scale), iters=20)
+
+
+def bench_prefill(nbk, tokens, context=None, fp32_variants=False):
     context = context or tokens
     k_cache, v_cache, bt, sl = paged_cache(1, context)
     q = torch.randn(tokens, H, D, device="cuda", dtype=DTYPE)
@@ -169,27 +198,28 @@ def bench_prefill(nbk, tokens, context=None):
     from pdlab.kernels import get_backend
 
     ref = get_backend("torch").prefill_attention(q, k_cache, v_cache, bt, cu, sl, scale)
-    variants = []
-    for tile, regs in PREFILL_VARIANTS:
+
+    def measure(**kw):
         run = lambda: nbk.prefill_attention(q, k_cache, v_cache, bt, cu, sl, scale,  # noqa: E731
-                                            max_q_len=tokens, check=False, tile=tile, max_registers=regs)
-        ms = timed(run, iters=5, repeats=3)
+                                            max_q_len=tokens, check=False, **kw)
+        ms = timed(run, iters=10 if kw["kernel"] == "mma" else 5, repeats=3)
         err = (run().float() - ref.float()).abs().max().item()
-        variants.append(dict(tile=list(tile), max_registers=regs, ms=ms, tflops=flops / (ms * 1e-3) / 1e12,
-                             max_abs_err_vs_torch=err))
-    default, best = variants[0], min(variants, key=lambda v: v["ms"])
-    ms = default["ms"]
-    row = dict(tokens=tokens, context=context, tile=default["tile"], ms=ms, tflops=flops / (ms * 1e-3) / 1e12,
-               best_variant_tflops=best["tflops"], max_abs_err_vs_torch=default["max_abs_err_vs_torch"],
-               variants=variants)
-    if context == tokens:
-        qd = q.transpose(0, 1)[None]                                  # [1, H, L, D]
-        kd = torch.randn(1, HKV, tokens, D, device="cuda", dtype=DTYPE)
-        vd = torch.randn_like(kd)
-        sdpa_ms = timed(lambda: F.scaled_dot_product_attention(qd, kd, vd, is_causal=True, scale=scale,
-                                                               enable_gqa=True), iters=20)
-        row.update(sdpa_ms=sdpa_ms, sdpa_tflops=flops / (sdpa_ms * 1e-3) / 1e12)
-        row["ratio_to_sdpa"] = row["tflops"] / row["sdpa_tflops"]
+        return dict(ms=ms, tflops=flops / (ms * 1e-3) / 1e12, max_abs_err_vs_torch=err)
+
+    mma = [dict(name=name, tile=list(tile), max_registers=regs, **measure(kernel="mma", tile=tile, max_registers=regs))
+           for name, tile, regs in MMA_VARIANTS]
+    fp32 = [dict(tile=list(tile), max_registers=regs, **measure(kernel="fp32", tile=tile, max_registers=regs))
+            for tile, regs in (PREFILL_VARIANTS if fp32_variants else PREFILL_VARIANTS[:1])]
+    sdpa_ms = sdpa_prefill(q, tokens, context, scale)
+    default, best = mma[0], max(mma, key=lambda v: v["tflops"])
+    # the headline number is the package default (what the engine runs), not the best variant
+    row = dict(tokens=tokens, context=context, kernel="mma", tile=default["tile"], ms=default["ms"],
+               tflops=default["tflops"], max_abs_err_vs_torch=default["max_abs_err_vs_torch"],
+               best_variant=best["name"], best_variant_tflops=best["tflops"],
+               fp32_ms=fp32[0]["ms"], fp32_tflops=fp32[0]["tflops"],
+               sdpa_ms=sdpa_ms, sdpa_tflops=flops / (sdpa_ms * 1e-3) / 1e12, mma_variants=mma, fp32_variants=fp32)
+    row["ratio_to_sdpa"] = row["tflops"] / row["sdpa_tflops"]
+    row["speedup_over_fp32"] = row["tflops"] / row["fp32_tflops"]
     return row
 
 
@@ -296,10 +326,13 @@ def main(argv=None):
     ap.add_argument("--out", default="bench/results/kernels.json")
     ap.add_argument("--quick", action="store_true", help="fewer shapes (smoke test)")
     ap.add_argument("--decode-only", action="store_true", help="skip prefill and launch (decode tuning)")
+    ap.add_argument("--prefill-only", action="store_true", help="skip decode and launch (prefill tuning)")
+    ap.add_argument("--fp32-variants", action="store_true", help="time every fp32 prefill tile, not just the default")
     args = ap.parse_args(argv)
     from pdlab.kernels import get_backend
     from pdlab.kernels import decode_attention as da
     from pdlab.kernels import prefill_attention as pa
+    from pdlab.kernels import prefill_mma as pm
     from pdlab.kernels import _numba as nb
 
     nbk = get_backend("numba")
@@ -323,7 +356,7 @@ def main(argv=None):
     res["copy_tbps"] = copy_tbps()
     print(f"copy: {res['copy_tbps']:.2f} TB/s", flush=True)
     res["decode"] = []
-    for batch, context in [(16, 4096), (64, 1024), (1, 32768)][: 1 if args.quick else 3]:
+    for batch, context in [] if args.prefill_only else [(16, 4096), (64, 1024), (1, 32768)][: 1 if args.quick else 3]:
         row = attempt(f"decode {batch}x{context}", lambda: bench_decode(nbk, batch, context))
         if row:
             row["ratio_to_copy"] = row["tbps"] / res["copy_tbps"]
@@ -337,7 +370,7 @@ def main(argv=None):
     def usage(kern):  # registers per thread (occupancy: 65536 per SM) and spilled bytes
         return dict(regs=kern.get_regs_per_thread(), local_bytes=kern.get_local_mem_per_thread())
 
-    for name, opts, _ in DECODE_VARIANTS:   # the kernels bench_decode ran, built the same way
+    for name, opts, _ in [] if args.prefill_only else DECODE_VARIANTS:   # the kernels bench_decode ran
         k = attempt("registers", lambda: da._get_kernel("bf16", D, H // HKV, BS, "bf16", **opts))
         if k is not None:
             res["registers"][f"decode_{name}"] = dict(usage(k), blocks_per_sm=nb.blocks_per_sm(k, da.THREADS))
@@ -346,16 +379,22 @@ def main(argv=None):
         return
     res["prefill"] = []
     for tokens, context in [(4096, 4096), (512, 4096)][: 1 if args.quick else 2]:
-        row = attempt(f"prefill {tokens}/{context}", lambda: bench_prefill(nbk, tokens, context))
+        row = attempt(f"prefill {tokens}/{context}", lambda: bench_prefill(nbk, tokens, context, args.fp32_variants))
         if row:
             res["prefill"].append(row)
             print(f"prefill {tokens}/{context}: {row}", flush=True)
         save()
-    for tile, regs in PREFILL_VARIANTS:
+    for tile, regs in PREFILL_VARIANTS if args.fp32_variants else PREFILL_VARIANTS[:1]:
         res["registers"][f"prefill_{'x'.join(map(str, tile))}{f'_cap{regs}' if regs else ''}"] = attempt(
             "registers", lambda: usage(pa.prefill_kernel("bf16", D, H // HKV, BS, tile, regs)))
-    res["launch_us"] = attempt("launch", lambda: bench_launch(nbk))
-    print(f"launch: {res['launch_us']}", flush=True)
+    for name, tile, regs in MMA_VARIANTS:
+        k = attempt("registers", lambda: pm.prefill_mma_kernel("bf16", D, H // HKV, BS, tile, regs))
+        if k is not None:
+            res["registers"][f"prefill_mma_{name}"] = dict(usage(k), shared_bytes=k.get_shared_mem_per_block(),
+                                                           blocks_per_sm=nb.blocks_per_sm(k, 32 * tile[0]))
+    if not args.prefill_only:
+        res["launch_us"] = attempt("launch", lambda: bench_launch(nbk))
+        print(f"launch: {res['launch_us']}", flush=True)
     save()
     print(f"wrote {args.out}")
 

@@ -194,7 +194,7 @@ def _make_cp_async16_gpu(evict_first: bool):
 
 
 def _cp_async16_sim(dst, di, src, si):   # copy at once: the simulator has no asynchrony
-    dst[di : di + 4] = np.asarray(src[si : si + 8]).view(np.float32)
+    dst[di : di + 4] = np.asarray(src[si : si + 8]).view(dst.dtype)   # the bits, as dst's words
 
 
 def _no_op():
@@ -203,7 +203,7 @@ def _no_op():
 
 def cp_async16(evict_first: bool = False):
     """``copy(dst, di, src, si)``: 16 bytes from global ``src[si:]`` (8 fp16/bf16 values, viewed as
-    int16) to shared ``dst[di:di+4]`` (a float32 array used as raw words), asynchronously.
+    int16) to shared ``dst[di:di+4]`` (a float32 or int32 array used as raw words), asynchronously.
     ``evict_first``: the bytes are read once (decode's K/V), so L2 evicts their lines first and
     keeps what is read again (block tables, partial outputs) instead of the stream."""
     if SIM:

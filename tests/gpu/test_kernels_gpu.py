@@ -28,12 +28,13 @@ def test_decode_llama_shapes(nbk, dtype):
     torch.testing.assert_close(out.float().cpu(), ref.decode(c.q_decode, c.ks, c.vs, c.scale), **TOL[dtype])
 
 
+@pytest.mark.parametrize("kernel", ["auto", "mma", "fp32"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_prefill_llama_shapes(nbk, dtype):
+def test_prefill_llama_shapes(nbk, dtype, kernel):
     # a whole 700-token prompt, a 300-token chunk of a 1300-token context, a 1-token prompt
     c = make_case([700, 1300, 1], [700, 300, 1], 8, 4, 128, 16, dtype, device="cuda", seed=11)
     out = nbk.prefill_attention(c.q_prefill, c.k_cache, c.v_cache, c.block_tables, c.cu_seqlens_q,
-                                c.seq_lens, c.scale)
+                                c.seq_lens, c.scale, kernel=kernel)
     exp = ref.prefill(c.q_prefill, c.ks, c.vs, c.cu_seqlens_q.cpu(), c.scale)
     torch.testing.assert_close(out.float().cpu(), exp, **TOL[dtype])
 
@@ -53,11 +54,32 @@ def test_random_shapes(nbk):
                                    num_splits=rng.choice([None, 1, 3]))
         torch.testing.assert_close(out.float().cpu(), ref.decode(c.q_decode, c.ks, c.vs, c.scale),
                                    **TOL[kw["dtype"]], msg=msg)
-        out = nbk.prefill_attention(c.q_prefill, c.k_cache, c.v_cache, c.block_tables, c.cu_seqlens_q,
-                                    c.seq_lens, c.scale)
-        torch.testing.assert_close(out.float().cpu(),
-                                   ref.prefill(c.q_prefill, c.ks, c.vs, c.cu_seqlens_q.cpu(), c.scale),
-                                   **TOL[kw["dtype"]], msg=msg)
+        exp = ref.prefill(c.q_prefill, c.ks, c.vs, c.cu_seqlens_q.cpu(), c.scale)
+        for kernel in ("mma", "fp32"):
+            out = nbk.prefill_attention(c.q_prefill, c.k_cache, c.v_cache, c.block_tables, c.cu_seqlens_q,
+                                        c.seq_lens, c.scale, kernel=kernel)
+            torch.testing.assert_close(out.float().cpu(), exp, **TOL[kw["dtype"]], msg=f"{kernel} {msg}")
+
+
+def test_prefill_random_shapes_both_kernels(nbk):
+    """Random ragged batches of prompts and chunks (1..2500 tokens, chunks after cached context)
+    through the tensor-core and the fp32 kernel, three kernel configurations."""
+    rng = random.Random(1)
+    configs = [dict(num_kv_heads=8, group=4, head_dim=128, block_size=16, dtype=torch.bfloat16),
+               dict(num_kv_heads=2, group=8, head_dim=64, block_size=32, dtype=torch.float16),
+               dict(num_kv_heads=4, group=1, head_dim=128, block_size=32, dtype=torch.float16)]
+    for trial in range(6):
+        kw = configs[trial % 3]
+        n = rng.randint(1, 5)
+        seq_lens = [rng.choice([1, rng.randint(2, 130), rng.randint(100, 2500)]) for _ in range(n)]
+        q_lens = [rng.choice([L, rng.randint(1, L)]) for L in seq_lens]
+        c = make_case(seq_lens, q_lens, device="cuda", seed=100 + trial, **kw)
+        exp = ref.prefill(c.q_prefill, c.ks, c.vs, c.cu_seqlens_q.cpu(), c.scale)
+        for kernel in ("mma", "fp32"):
+            out = nbk.prefill_attention(c.q_prefill, c.k_cache, c.v_cache, c.block_tables, c.cu_seqlens_q,
+                                        c.seq_lens, c.scale, kernel=kernel)
+            torch.testing.assert_close(out.float().cpu(), exp, **TOL[kw["dtype"]],
+                                       msg=f"{kernel} trial {trial}: {seq_lens} {q_lens} {kw}")
 
 
 @pytest.mark.parametrize("q_dtype", [torch.float32, torch.float16])
@@ -111,8 +133,21 @@ def test_prefill_tile_variants(nbk):
                 ((256, 64, 64, 32, 32), None), ((256, 64, 64, 32, 32), 128), ((128, 32, 64, 32, 32), 128)]
     for tile, regs in variants:
         out = nbk.prefill_attention(c.q_prefill, c.k_cache, c.v_cache, c.block_tables, c.cu_seqlens_q,
-                                    c.seq_lens, c.scale, tile=tile, max_registers=regs)
+                                    c.seq_lens, c.scale, kernel="fp32", tile=tile, max_registers=regs)
         torch.testing.assert_close(out.float().cpu(), exp, **TOL[torch.bfloat16], msg=f"{tile} {regs}")
+
+
+def test_prefill_mma_tile_variants(nbk):
+    """Every tensor-core tile the benchmark tries is correct (ragged, chunked, GQA 4)."""
+    c = make_case([1000, 130], [1000, 70], 8, 4, 128, 16, torch.bfloat16, device="cuda", seed=17)
+    exp = ref.prefill(c.q_prefill, c.ks, c.vs, c.cu_seqlens_q.cpu(), c.scale)
+    mma_variants = [("4w1m64", (4, 1, 64), None), ("4w2m32", (4, 2, 32), None),   # bench/kernels.py's
+                    ("8w1m32", (8, 1, 32), None), ("4w1m32", (4, 1, 32), None), ("2w1m64", (2, 1, 64), None),
+                    ("4w1m64cap168", (4, 1, 64), 168)]
+    for name, tile, regs in mma_variants:
+        out = nbk.prefill_attention(c.q_prefill, c.k_cache, c.v_cache, c.block_tables, c.cu_seqlens_q,
+                                    c.seq_lens, c.scale, kernel="mma", tile=tile, max_registers=regs)
+        torch.testing.assert_close(out.float().cpu(), exp, **TOL[torch.bfloat16], msg=name)
 
 
 def test_write_kv_gpu(nbk):
@@ -149,3 +184,43 @@ def test_torch_backend_on_gpu():
     out = tb.prefill_attention(c.q_prefill, c.k_cache, c.v_cache, c.block_tables, c.cu_seqlens_q, c.seq_lens, c.scale)
     torch.testing.assert_close(out.float().cpu(), ref.prefill(c.q_prefill, c.ks, c.vs, c.cu_seqlens_q.cpu(), c.scale),
                                **TOL[torch.float16])
+
+
+def test_auto_prefill_is_the_tensor_core_kernel():
+    from pdlab.kernels import prefill_attention as pa
+
+    if torch.cuda.get_device_capability() >= (8, 0):
+        assert pa.choose_kernel("auto") == "mma"
+    else:
+        assert pa.choose_kernel("auto") == "fp32"
+
+
+def test_engine_on_tensor_cores_gives_the_dense_tokens(monkeypatch):
+    """The engine's invariant with the tensor-core prefill: greedy tokens identical to the torch
+    backend and to the dense forward, chunked (prefill chunks after cached context, mixed steps)
+    and aggregated; and the tensor-core kernel really ran."""
+    from pdlab import model as M
+    from pdlab import tokenizer
+    from pdlab.cluster import ServingConfig, run_serving
+    from pdlab.kernels import prefill_attention as pa
+    from pdlab.model_executor import factory
+    from pdlab.request import Request
+
+    if torch.cuda.get_device_capability() < (8, 0):
+        pytest.skip("no bf16 mma before sm_80")
+    launched = []
+    real = pa._launch_mma
+    monkeypatch.setattr(pa, "_launch_mma", lambda *a: launched.append(1) or real(*a))
+    model = M.load_tiny(device="cuda")
+    prompts = ["Once upon a time there was a little girl named Lily.", "Tom and Sam went to the park",
+               "The sun", "A big red dog ran after the ball and"]
+    reqs = [Request(i, 0.002 * i, len(tokenizer.encode(p)), n, tuple(tokenizer.encode(p)))
+            for i, (p, n) in enumerate(zip(prompts, (12, 9, 15, 7)))]
+    expected = {r.id: model.generate_dense(r.prompt_ids, r.max_new_tokens) for r in reqs}
+    for mode, chunk in [("chunked", 7), ("chunked", 32), ("aggregated", None)]:
+        for backend in ("numba", "torch"):
+            cfg = ServingConfig(mode=mode, model="tiny", gpu="cpu", chunk_size=chunk, num_blocks=64, block_size=16)
+            res = run_serving(reqs, cfg, executor_factory=factory(model, backend=backend, device="cuda"))
+            got = {s.id: list(s.output_ids) for s in res.sequences}
+            assert got == expected, (mode, chunk, backend)
+    assert launched, "the numba backend did not run the tensor-core prefill"

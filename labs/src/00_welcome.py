@@ -38,10 +38,10 @@
 # %%
 import torch
 
-from pdlab import checks, env
-from pdlab import model as M
-from pdlab import tokenizer
-from pdlab import viz_engine as ve
+from pdlab.lab import checks, env
+from pdlab.engine import model as M
+from pdlab.engine import tokenizer
+from pdlab.viz import engine as ve
 
 info = env.report()
 FAST = env.FAST                        # CI and quick runs: small workloads
@@ -65,9 +65,9 @@ print("the real engine runs on:", DEVICE)
 # one more.
 
 # %%
-from pdlab.generate import generate
-from pdlab.kv import BlockManager
-from pdlab.model_executor import ModelExecutor
+from pdlab.engine.generate import generate
+from pdlab.serving.kv import BlockManager
+from pdlab.engine.executor import ModelExecutor
 
 model = M.load_tiny(device=DEVICE)
 prompt = "Once upon a time"
@@ -75,7 +75,8 @@ prompt_ids = tokenizer.encode(prompt)            # BOS + one id per byte
 new_tokens = 24 if FAST else 60
 ex = ModelExecutor(model, num_blocks=16, block_size=16, device=DEVICE)   # the KV cache: 16 blocks of 16 slots
 blocks = BlockManager(ex.num_blocks, ex.block_size)                       # hands out those blocks
-out_ids, step_s = generate(ex, prompt_ids, new_tokens, block_manager=blocks)
+held = []                                                                 # blocks in use at each step
+out_ids, step_s = generate(ex, prompt_ids, new_tokens, block_manager=blocks, blocks_held=held)
 
 print(prompt + tokenizer.decode(out_ids))
 print()
@@ -123,20 +124,20 @@ steps.value = len(step_s)
 # | `Request` | what arrives: id, arrival time, prompt (ids or just a length), max new tokens | `pdlab/request.py` |
 # | `Sequence` | a request's runtime state: status, tokens computed, **block table**, output tokens and their times | `pdlab/request.py` |
 # | `Batch` | what one iteration runs: prefill chunks `(seq, n_tokens)` and decodes; knows its phase mix | `pdlab/request.py` |
-# | `BlockManager` | the paged KV cache's bookkeeping: fixed-size blocks, block tables, prefix cache | `pdlab/kv.py` |
-# | `Scheduler` | picks the next `Batch`: aggregated, chunked, prefill-only or decode-only policy | `pdlab/schedulers.py` |
-# | `Worker` | one replica: a scheduler + its block manager + an executor | `pdlab/cluster.py` |
-# | `Cluster` | workers, the event loop and its clock | `pdlab/cluster.py` |
-# | `Router` | sends each new request to a worker (round-robin, least-loaded) | `pdlab/cluster.py` |
-# | `Link` | the pipe KV blocks cross between a prefill and a decode worker (bandwidth, latency) | `pdlab/cluster.py` |
-# | `Executor` | runs a batch: `run(batch) -> StepResult(seconds, tokens)`: `ModelExecutor` (real) or `CostModelExecutor` (simulated) | `pdlab/model_executor.py`, `pdlab/executors.py` |
-# | `CostModel` | a roofline: the seconds a batch takes on a GPU preset for a model preset | `pdlab/costmodel.py` |
+# | `BlockManager` | the paged KV cache's bookkeeping: fixed-size blocks, block tables, prefix cache | `pdlab/serving/kv.py` |
+# | `Scheduler` | picks the next `Batch`: aggregated, chunked, prefill-only or decode-only policy | `pdlab/serving/scheduler.py`, `pdlab/serving/policies.py` |
+# | `Worker` | one replica: a scheduler + its block manager + an executor | `pdlab/serving/worker.py` |
+# | `Cluster` | workers and the event loop (virtual time jumps by what the executor says a step took) | `pdlab/serving/cluster.py` |
+# | `Router` | sends each new request to a worker (round-robin, least-loaded) | `pdlab/serving/router.py` |
+# | `Link` | the pipe KV blocks cross between a prefill and a decode worker (bandwidth, latency) | `pdlab/serving/link.py` |
+# | `Executor` | runs a batch: `run(batch) -> StepResult(seconds, tokens)`: `ModelExecutor` (real) or `CostModelExecutor` (simulated) | `pdlab/engine/executor.py`, `pdlab/sim/executor.py` |
+# | `CostModel` | a roofline: the seconds a batch takes on a GPU preset for a model preset | `pdlab/sim/costmodel.py` |
 #
 # Here are the first four by hand: a request, its sequence, KV blocks for its prompt, and the
 # batch that prefills it.
 
 # %%
-from pdlab.kv import BlockManager
+from pdlab.serving.kv import BlockManager
 from pdlab.request import Batch, Request, Sequence
 
 req = Request(id=0, arrival=0.0, prompt_len=len(prompt_ids), max_new_tokens=8, prompt_ids=tuple(prompt_ids))
@@ -159,8 +160,8 @@ print("executor:", result.tokens, f"({tokenizer.decode(result.tokens)!r}) in {1e
 # serving Llama-3-8B. Same scheduler code, two clocks.
 
 # %%
-from pdlab.cluster import ServingConfig, run_serving
-from pdlab.model_executor import factory
+from pdlab import ServingConfig, run_serving
+from pdlab.engine.executor import factory
 
 stories = ["Once upon a time", "Tom and Lily went to", "One rainy day, Mia", "Sam felt"]
 reqs = [Request(i, 0.01 * i, len(ids), 12, tuple(ids))
@@ -196,8 +197,8 @@ def kv_blocks(prompt_len, new_tokens, block_size):
 
 # %%
 checks.check_kv_blocks(kv_blocks);
-# the engine agrees: the request of section 1 still holds its blocks in the BlockManager
-print(f"section 1: {len(prompt_ids)} prompt + {len(out_ids)} new tokens -> the engine holds {blocks.num_used} "
+# the engine agrees: at its last step the request of section 1 held this many blocks
+print(f"section 1: {len(prompt_ids)} prompt + {len(out_ids)} new tokens -> the engine held {held[-1]} "
       f"blocks of {ex.block_size}; expected {checks.reference_kv_blocks(len(prompt_ids), len(out_ids), ex.block_size)}")
 
 # %% [markdown]

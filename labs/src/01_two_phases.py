@@ -25,10 +25,10 @@
 # %%
 import torch
 
-from pdlab import checks, env
-from pdlab import model as M
-from pdlab import tokenizer
-from pdlab import viz_engine as ve
+from pdlab.lab import checks, env
+from pdlab.engine import model as M
+from pdlab.engine import tokenizer
+from pdlab.viz import engine as ve
 
 info = env.report()
 FAST = env.FAST                        # CI and quick runs: small workloads
@@ -48,8 +48,8 @@ print("the real engine runs on:", DEVICE)
 # - **decode**: one step of `b` sequences that each hold 128 tokens of context, for growing `b`.
 
 # %%
-from pdlab.calibrate import BatchFactory, measure_decode, measure_prefill
-from pdlab.model_executor import ModelExecutor
+from pdlab.engine.grid import BatchFactory, measure_decode, measure_prefill
+from pdlab.engine.executor import ModelExecutor
 
 model = M.load_tiny(device=DEVICE)
 lengths = [16, 64, 256] if FAST else [16, 32, 64, 128, 256, 512, 1024]
@@ -93,7 +93,9 @@ ve.phase_scaling_figure(lengths, prefill_s, batches, decode_s, DEVICE, context=c
 # it, it waits for memory: attainable = min(peak, bandwidth x intensity). That is the **roofline**.
 
 # %%
-from pdlab.costmodel import GPUS, MODELS, arithmetic_intensity, ridge_point
+from pdlab.hardware import GPUS
+from pdlab.models import MODELS, arithmetic_intensity
+from pdlab.sim import ridge_point
 
 gpu, spec = GPUS["h200"], MODELS["llama-3-8b"]
 print(f"{gpu.name}: {gpu.tflops:g} TFLOP/s, {gpu.hbm_tbps:g} TB/s -> ridge {ridge_point(gpu):.0f} FLOP/byte")
@@ -146,7 +148,7 @@ batch_sl.value = 16
 # ### Exercise 1.1 — the FLOPs and bytes of one decode step
 #
 # Write `decode_step_cost(model, batch, context)` returning `(flops, bytes)` for one decode step of
-# `batch` sequences that each attend to `context` tokens, for a `pdlab.costmodel.ModelSpec`
+# `batch` sequences that each attend to `context` tokens, for a `pdlab.models.ModelSpec`
 # (`layers`, `hidden`, `heads`, `head_dim`, `vocab`, `layer_params`, `dtype_bytes`,
 # `kv_bytes_per_token`):
 #

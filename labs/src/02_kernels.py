@@ -40,8 +40,9 @@ except Exception:
 if not _gpu:
     os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
 
-from pdlab import checks, env
-from pdlab import viz_kernels as vk
+from pdlab.lab import checks, env
+from pdlab.lab import results as measured
+from pdlab.viz import kernels as vk
 from pdlab.kernels import get_backend, reference as ref
 from pdlab.kernels.paged import make_case
 
@@ -51,7 +52,7 @@ GPU = torch.cuda.is_available()
 DEV = "cuda" if GPU else "cpu"
 kb = get_backend("numba")             # the Numba CUDA kernels (GPU, or the simulator on a CPU)
 tb = get_backend("torch")             # paged gather + torch SDPA: the fast reference
-RESULTS = vk.load_results()           # measured on an NVIDIA H200 by bench/kernels.py
+RESULTS = measured.load()           # measured on an NVIDIA H200 by bench/kernels.py
 print("Numba kernels run on:", torch.cuda.get_device_name(0) if GPU else
       "the CUDA simulator (one OS thread per CUDA thread: tiny shapes, correctness only)")
 

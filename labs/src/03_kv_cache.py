@@ -27,12 +27,13 @@
 # %%
 import numpy as np
 
-from pdlab import checks, env, viz
-from pdlab import widgets as pw
-from pdlab.cluster import ServingConfig, run_serving
-from pdlab.costmodel import GPUS, MODELS, CostModel
-from pdlab.metrics import SLO
-from pdlab.workload import make_requests
+from pdlab import SLO, ServingConfig, analysis, make_requests, run_serving, viz
+from pdlab.hardware import GPUS
+from pdlab.lab import checks, env
+from pdlab.lab import dashboards, experiments as ex
+from pdlab.models import MODELS
+from pdlab.sim import CostModel
+from pdlab.workload import Lengths
 
 info = env.report()            # seeds every random source; says what hardware backs the numbers
 FAST = env.FAST                # CI (PDLAB_FAST=1): small workloads, same lessons
@@ -61,7 +62,7 @@ N = 160 if FAST else 500       # requests per simulated run
 
 # %%
 def kv_bytes_per_token(m):
-    # Ex 3.1: bytes of K and V for one token, all layers (m is a pdlab.costmodel.ModelSpec)
+    # Ex 3.1: bytes of K and V for one token, all layers (m is a pdlab.models.ModelSpec)
     # BEGIN SOLUTION
     head_dim = m.hidden // m.heads
     return 2 * m.layers * m.kv_heads * head_dim * m.kv_dtype_bytes
@@ -137,11 +138,11 @@ assert cap / tcap > 20 / t1, "a full cache should give >20x the tokens/s of batc
 # A sequence's final length is unknown when it starts. Reserving a contiguous buffer of the
 # maximum length for each sequence wastes most of the memory. A **paged** cache cuts memory
 # into fixed blocks (here 16 tokens) and gives each sequence a **block table**, a list of block
-# ids that grows as it generates. `pdlab.kv.BlockManager` does the bookkeeping
+# ids that grows as it generates. `pdlab.serving.kv.BlockManager` does the bookkeeping
 # (`can_allocate`, `allocate`, `free`), nano-vllm style:
 
 # %%
-from pdlab.kv import BlockManager
+from pdlab.serving.kv import BlockManager
 from pdlab.request import Request, Sequence
 
 bm = BlockManager(num_blocks=10, block_size=4)
@@ -194,12 +195,12 @@ assert eff["paged, 16-token blocks"] > 0.98 > eff["contiguous, prompt + 2048"] +
 # %%
 small, large = 700, 20000      # KV blocks of 16 tokens per GPU
 runs = {}
-for blocks in pw.progress((small, large), "cache sizes"):
-    runs[blocks] = pw.simulate("chat-long", N, 8.0, mode="chunked", chunk_size=512, model=MODEL, gpu=GPU,
+for blocks in ex.progress((small, large), "cache sizes"):
+    runs[blocks] = ex.simulate("chat-long", N, 8.0, mode="chunked", chunk_size=512, model=MODEL, gpu=GPU,
                                num_blocks=blocks)
     s = runs[blocks].summary()
     print(f"{blocks:>6} blocks ({blocks * 16:>7,} tokens): {s['preemptions']:>4} preemptions, "
-          f"TPOT p99 {s['tpot_s']['p99'] * 1e3:6.1f} ms, ITL max {max(viz.max_gaps(runs[blocks])) * 1e3:6.0f} ms, "
+          f"TPOT p99 {s['tpot_s']['p99'] * 1e3:6.1f} ms, ITL max {max(analysis.max_gaps(runs[blocks])) * 1e3:6.0f} ms, "
           f"{s['throughput_tok_s']:,.0f} tokens/s   [{CLOCK}]")
 viz.kv_occupancy(runs[small]).show()
 s_small, s_large = runs[small].summary(), runs[large].summary()
@@ -217,7 +218,7 @@ assert s_small["tpot_s"]["p99"] > s_large["tpot_s"]["p99"]
 # (bottom) marks in red every stream that stalled more than 100 ms.
 
 # %%
-dash = pw.KVCacheDashboard(rate=8.0, num_blocks=1200)   # 150 requests: fast enough to drag
+dash = dashboards.KVCacheDashboard(rate=8.0, num_blocks=1200)   # 150 requests: fast enough to drag
 dash
 
 # %% [markdown]

@@ -25,12 +25,13 @@
 # %%
 import numpy as np
 
-from pdlab import checks, env, viz
-from pdlab import widgets as pw
-from pdlab.cluster import ServingConfig, run_serving
-from pdlab.costmodel import GPUS, MODELS, CostModel
-from pdlab.metrics import SLO
-from pdlab.workload import make_requests
+from pdlab import SLO, ServingConfig, analysis, make_requests, run_serving, viz
+from pdlab.hardware import GPUS
+from pdlab.lab import checks, env
+from pdlab.lab import dashboards, experiments as ex
+from pdlab.models import MODELS
+from pdlab.sim import CostModel
+from pdlab.workload import Lengths
 
 info = env.report()            # seeds every random source; says what hardware backs the numbers
 FAST = env.FAST                # CI (PDLAB_FAST=1): small workloads, same lessons
@@ -52,8 +53,8 @@ STALL = 0.1                    # a gap between two tokens longer than this is a 
 # time, an 8192-token retrieval prompt.
 
 # %%
-agg = pw.simulate("chat-long", N, RATE, mode="aggregated", model=MODEL, gpu=GPU)
-window = viz.stall_window(agg, span=3.0)      # 3 s around a long prompt's arrival
+agg = ex.simulate("chat-long", N, RATE, mode="aggregated", model=MODEL, gpu=GPU)
+window = analysis.stall_window(agg, span=3.0)      # 3 s around a long prompt's arrival
 viz.token_raster(agg, max_requests=60, t_range=window, stall_s=STALL).show()
 
 # %% [markdown]
@@ -83,7 +84,7 @@ assert worst[4] == 0 and worst[2] - worst[1] > STALL
 # 512-token pieces that share iterations with the decodes.
 
 # %%
-chunked = pw.simulate("chat-long", N, RATE, mode="chunked", chunk_size=512, model=MODEL, gpu=GPU)
+chunked = ex.simulate("chat-long", N, RATE, mode="chunked", chunk_size=512, model=MODEL, gpu=GPU)
 results = {"aggregated": agg, "chunked": chunked}
 summaries = {k: r.summary() for k, r in results.items()}
 for metric in ("ttft", "tpot", "itl"):
@@ -99,7 +100,7 @@ viz.cdf(viz.metric_arrays(results, "itl"), "itl", clock=CLOCK, log_x=True, tail=
 # %%
 itl_p99_aggregated = summaries["aggregated"]["itl_s"]["p99"]
 itl_p99_chunked = summaries["chunked"]["itl_s"]["p99"]
-frozen = {k: float(np.mean(viz.max_gaps(r) > STALL)) for k, r in results.items()}
+frozen = {k: float(np.mean(analysis.max_gaps(r) > STALL)) for k, r in results.items()}
 print(f"ITL p99: aggregated {itl_p99_aggregated * 1e3:.1f} ms, chunked {itl_p99_chunked * 1e3:.1f} ms; "
       f"streams that froze > {STALL * 1e3:.0f} ms: aggregated {frozen['aggregated']:.0%}, "
       f"chunked {frozen['chunked']:.0%}   [{CLOCK}]")
@@ -148,10 +149,10 @@ checks.check_frozen_share(frozen_share);
 # %%
 lengths = [2048, 4096, 8192, 16384]
 stall_ms, frozen_by_len, ttft99 = [], [], []
-for L in pw.progress(lengths, "long-prompt sizes"):
-    r = pw.simulate(pw.Lengths("mix", a=256, b=128, long_len=L, long_share=0.05), N, RATE,
+for L in ex.progress(lengths, "long-prompt sizes"):
+    r = ex.simulate(Lengths("mix", a=256, b=128, long_len=L, long_share=0.05), N, RATE,
                     mode="aggregated", model=MODEL, gpu=GPU)
-    g = viz.max_gaps(r)
+    g = analysis.max_gaps(r)
     stall_ms.append(float(g.max()) * 1e3)
     frozen_by_len.append(float(np.mean(g > STALL)) * 100)
     ttft99.append(r.summary()["ttft_s"]["p99"] * 1e3)
@@ -166,11 +167,11 @@ assert stall_ms[-1] > 4 * stall_ms[0]
 rates = [2.0, 4.0, 8.0, 12.0]
 curves = {"aggregated": [], "chunked": []}
 latency = {f"{m} {k}": [] for m in curves for k in ("TTFT p99", "TPOT p99", "ITL p99")}
-for rate in pw.progress(rates, "rates"):
+for rate in ex.progress(rates, "rates"):
     for mode in curves:
-        r = pw.simulate("chat-long", N, rate, mode=mode, model=MODEL, gpu=GPU,
+        r = ex.simulate("chat-long", N, rate, mode=mode, model=MODEL, gpu=GPU,
                         **({"chunk_size": 512} if mode == "chunked" else {}))
-        curves[mode].append(float(np.mean(viz.max_gaps(r) > STALL)) * 100)
+        curves[mode].append(float(np.mean(analysis.max_gaps(r) > STALL)) * 100)
         s = r.summary()
         for k in ("TTFT p99", "TPOT p99", "ITL p99"):
             latency[f"{mode} {k}"].append(s[k.split()[0].lower() + "_s"]["p99"] * 1e3)
@@ -190,7 +191,7 @@ assert latency["aggregated ITL p99"][-1] > latency["chunked ITL p99"][-1]   # at
 # is the 100 ms freeze threshold.
 
 # %%
-dash = pw.InterferenceDashboard(rate=RATE)   # 150 requests: fast enough to drag
+dash = dashboards.InterferenceDashboard(rate=RATE)   # 150 requests: fast enough to drag
 dash
 
 # %% [markdown]

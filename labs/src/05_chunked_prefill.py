@@ -26,12 +26,13 @@
 # %%
 import numpy as np
 
-from pdlab import checks, env, viz
-from pdlab import widgets as pw
-from pdlab.cluster import ServingConfig, run_serving
-from pdlab.costmodel import GPUS, MODELS, CostModel
-from pdlab.metrics import SLO
-from pdlab.workload import make_requests
+from pdlab import SLO, ServingConfig, analysis, make_requests, run_serving, viz
+from pdlab.hardware import GPUS
+from pdlab.lab import checks, env
+from pdlab.lab import dashboards, experiments as ex
+from pdlab.models import MODELS
+from pdlab.sim import CostModel
+from pdlab.workload import Lengths
 
 info = env.report()            # seeds every random source; says what hardware backs the numbers
 FAST = env.FAST                # CI (PDLAB_FAST=1): small workloads, same lessons
@@ -51,9 +52,9 @@ RATE = 6.0
 # streams keep flowing. The same window as lab 04, aggregated then chunked with a 512-token budget:
 
 # %%
-agg = pw.simulate("chat-long", N, RATE, mode="aggregated", model=MODEL, gpu=GPU)
-chunked = pw.simulate("chat-long", N, RATE, mode="chunked", chunk_size=512, model=MODEL, gpu=GPU)
-window = viz.stall_window(agg, span=3.0)
+agg = ex.simulate("chat-long", N, RATE, mode="aggregated", model=MODEL, gpu=GPU)
+chunked = ex.simulate("chat-long", N, RATE, mode="chunked", chunk_size=512, model=MODEL, gpu=GPU)
+window = analysis.stall_window(agg, span=3.0)
 zoom = (window[0] + 0.7, window[0] + 1.7)
 viz.batch_timeline(agg, t_range=zoom).show()
 viz.batch_timeline(chunked, t_range=zoom).show()
@@ -66,7 +67,7 @@ viz.batch_timeline(chunked, t_range=zoom).show()
 in_window = [s for s in chunked.steps if zoom[0] <= s[1] <= zoom[1]]
 assert max(s[3] + s[4] for s in chunked.steps) <= 512          # the budget holds
 assert any(s[3] > 0 and s[4] > 0 for s in in_window)          # decodes ride along with chunks
-assert viz.max_gaps(chunked).max() < viz.max_gaps(agg).max() / 3
+assert analysis.max_gaps(chunked).max() < analysis.max_gaps(agg).max() / 3
 
 # %% [markdown]
 # ## 2. Piggybacking: why the decodes are nearly free
@@ -93,7 +94,7 @@ assert both - alone_p < 0.5 * alone_d
 # cache, which grows with `decodes x context`.)
 
 # %%
-pig = pw.PiggybackDashboard()
+pig = dashboards.PiggybackDashboard()
 pig
 
 # %%
@@ -111,9 +112,9 @@ assert list(pig.figures["steps"].data[0].y) != list(before)
 # the long-prompt stalls live; see *Going further* for p99).
 
 # %%
-reqs = pw.chat_long(N, RATE)
-points = pw.sweep_chunks(reqs, model=MODEL, gpu=GPU)            # one run per budget (progress bar)
-agg_point = pw.point(agg)
+reqs = ex.chat_long(N, RATE)
+points = ex.sweep_chunks(reqs, model=MODEL, gpu=GPU)            # one run per budget (progress bar)
+agg_point = ex.point(agg)
 ITL_SLO = 0.05
 viz.frontier(points, slo_itl=ITL_SLO, extra={"aggregated": agg_point}, clock=CLOCK).show()
 by = {p["chunk"]: p for p in points}
@@ -164,7 +165,7 @@ assert agg_point["itl"] > ITL_SLO                # aggregated cannot meet it at 
 # watch which budget wins.
 
 # %%
-dash = pw.ChunkedDashboard(rate=RATE)   # 150 requests per point: fast enough to drag
+dash = dashboards.ChunkedDashboard(rate=RATE)   # 150 requests per point: fast enough to drag
 dash
 
 # %% [markdown]
@@ -187,7 +188,7 @@ assert len(dash.figures["frontier"].data[0].x) == n_before + 1
 #
 # ## Going further
 #
-# 1. Plot ITL **p99** instead of p99.9 (`pw.sweep_chunks(reqs, itl_pct=99)`): it is not monotone
+# 1. Plot ITL **p99** instead of p99.9 (`ex.sweep_chunks(reqs, itl_pct=99)`): it is not monotone
 #    in the budget. Count the gaps a long prompt causes at budget 1024 vs 8192 to explain why.
 # 2. Why does TTFT p90 rise again at very small budgets even at low load?
 # 3. Chunked prefill keeps interference small but not zero: which cost-model term grows when

@@ -25,12 +25,13 @@
 # %%
 import numpy as np
 
-from pdlab import checks, env, viz
-from pdlab import widgets as pw
-from pdlab.cluster import ServingConfig, run_serving
-from pdlab.costmodel import GPUS, MODELS, CostModel
-from pdlab.metrics import SLO
-from pdlab.workload import make_requests
+from pdlab import SLO, ServingConfig, analysis, make_requests, run_serving, viz
+from pdlab.hardware import GPUS
+from pdlab.lab import checks, env
+from pdlab.lab import dashboards, experiments as ex
+from pdlab.models import MODELS
+from pdlab.sim import CostModel
+from pdlab.workload import Lengths
 
 info = env.report()            # seeds every random source; says what hardware backs the numbers
 FAST = env.FAST                # CI (PDLAB_FAST=1): small workloads, same lessons
@@ -52,16 +53,16 @@ print("SLOs:", ", ".join(map(str, SLOS)))
 # iteration ever waits behind a prompt: the interference of lab 04 is gone by construction.
 
 # %%
-dis = pw.simulate("chat-long", N, 12.0, mode="disaggregated", prefill_gpus=1, decode_gpus=1, model=MODEL, gpu=GPU)
-agg = pw.simulate("chat-long", N, 12.0, mode="aggregated", num_gpus=2, model=MODEL, gpu=GPU)
+dis = ex.simulate("chat-long", N, 12.0, mode="disaggregated", prefill_gpus=1, decode_gpus=1, model=MODEL, gpu=GPU)
+agg = ex.simulate("chat-long", N, 12.0, mode="aggregated", num_gpus=2, model=MODEL, gpu=GPU)
 mid = dis.sequences[N // 2].arrival
 viz.batch_timeline(dis, t_range=(mid, mid + 1.0)).show()
 decode_prefill_tokens = sum(s[3] for s in dis.steps if dis.roles[s[0]] == "decode")
 print(f"prefill tokens computed on the decode worker: {decode_prefill_tokens}; "
-      f"longest stall: disaggregated {viz.max_gaps(dis).max() * 1e3:.0f} ms, "
-      f"aggregated (2 GPUs) {viz.max_gaps(agg).max() * 1e3:.0f} ms   [{CLOCK}]")
+      f"longest stall: disaggregated {analysis.max_gaps(dis).max() * 1e3:.0f} ms, "
+      f"aggregated (2 GPUs) {analysis.max_gaps(agg).max() * 1e3:.0f} ms   [{CLOCK}]")
 assert decode_prefill_tokens == 0
-assert viz.max_gaps(dis).max() < viz.max_gaps(agg).max() / 3
+assert analysis.max_gaps(dis).max() < analysis.max_gaps(agg).max() / 3
 
 
 # %% [markdown]
@@ -86,7 +87,7 @@ def kv_transfer_s(m, prompt_tokens, link_gbps, latency_s):
 checks.check_kv_transfer_s(kv_transfer_s);
 
 # %%
-from pdlab.costmodel import LINK_LATENCY_S, LINKS_GBPS
+from pdlab.hardware import LINK_LATENCY_S, LINKS_GBPS
 
 cm = CostModel.from_names(GPU, MODEL)
 prefill_4k = cm.prefill_time(4096)
@@ -116,11 +117,11 @@ setups = {
     "disaggregated 1:2": ServingConfig(mode="disaggregated", prefill_gpus=1, decode_gpus=2, model=MODEL, gpu=GPU),
 }
 rates = [3.0, 6.0, 12.0, 18.0, 24.0] if FAST else [3.0, 6.0, 9.0, 12.0, 18.0, 24.0, 30.0]
-sweep = pw.sweep_rates(reqs, rates, setups, SLOS)
+sweep = ex.sweep_rates(reqs, rates, setups, SLOS)
 viz.slo_curves(rates, sweep, SLOS, per_gpu={k: c.gpus for k, c in setups.items()}, clock=CLOCK).show()
 
 # %%
-goodput = {k: pw.goodput(reqs, c, SLOS, start=6.0, label=k) / c.gpus for k, c in setups.items()}
+goodput = {k: ex.goodput(reqs, c, SLOS, start=6.0, label=k) / c.gpus for k, c in setups.items()}
 viz.goodput_bars(goodput, clock=CLOCK, slos=SLOS).show()
 print(f"[{CLOCK}]")
 for k, g in goodput.items():
@@ -140,7 +141,7 @@ assert goodput["disaggregated 2:1"] > 1.5 * goodput["disaggregated 1:2"]
 # same number of GPUs. *goodput per GPU* runs the three searches (a few seconds).
 
 # %%
-dash = pw.DisaggDashboard(rate=12.0)   # 100 requests x 3 modes per change
+dash = dashboards.DisaggDashboard(rate=12.0)   # 100 requests x 3 modes per change
 dash
 
 # %% [markdown]
@@ -167,10 +168,10 @@ assert list(dash.figures["ttft"].data[2].y) != before
 # %%
 pause = {}
 print(f"[{CLOCK}]")
-for label, link in pw.progress(pw.LINK_OPTIONS, "links"):
+for label, link in ex.progress(ex.LINK_OPTIONS, "links"):
     r = run_serving(make_requests(N, 8.0, "arxiv", seed=0),
                     ServingConfig(mode="disaggregated", link=link, model=MODEL, gpu=GPU))
-    pause[link] = float(np.percentile(viz.first_gaps(r), 90)) * 1e3
+    pause[link] = float(np.percentile(analysis.first_gaps(r), 90)) * 1e3
     met = r.summary(SLOS)["slo_attainment"]["all_met"]
     print(f"{label:>26}: pause after the first token p90 {pause[link]:7.0f} ms; SLOs {'met' if met else 'missed'}")
 viz.value_bars(pause, "Pause between the first and second token (p90), by KV link",
@@ -194,7 +195,7 @@ for label, cfg in {"aggregated": ServingConfig(mode="aggregated", num_gpus=2, mo
                    "disaggregated": ServingConfig(mode="disaggregated", model=MODEL, gpu=GPU)}.items():
     r = run_serving(low, cfg)
     s = r.summary(SLOS)
-    for w, b in viz.busy_share(r).items():
+    for w, b in analysis.busy_share(r).items():
         busy[f"{label}: {w}"] = b
     print(f"{label:>14}: SLOs {'met' if s['slo_attainment']['all_met'] else 'missed'}, "
           f"TTFT p90 {s['ttft_s']['p90'] * 1e3:.0f} ms, ITL p99 {s['itl_s']['p99'] * 1e3:.1f} ms")
@@ -208,7 +209,7 @@ assert busy["disaggregated: prefill0"] < 0.25
 # 64-token prompts, 512-token answers, 16 requests/s on 2 GPUs:
 
 # %%
-short = make_requests(N, 16.0, pw.Lengths("fixed", a=64, b=512), seed=0)
+short = make_requests(N, 16.0, Lengths("fixed", a=64, b=512), seed=0)
 pair = {"chunked": ServingConfig(mode="chunked", num_gpus=2, chunk_size=512, model=MODEL, gpu=GPU),
         "disaggregated": ServingConfig(mode="disaggregated", prefill_gpus=1, decode_gpus=1, model=MODEL, gpu=GPU)}
 e2e, tpot = {}, {}
@@ -217,7 +218,7 @@ for label, cfg in pair.items():
     r = run_serving(short, cfg)
     s = r.summary(SLOS)
     e2e[label], tpot[label] = s["e2e_s"]["p90"], s["tpot_s"]["p50"]
-    shares = ", ".join(f"{w} {b:.0%}" for w, b in viz.busy_share(r).items())
+    shares = ", ".join(f"{w} {b:.0%}" for w, b in analysis.busy_share(r).items())
     print(f"{label:>14}: SLOs {'met' if s['slo_attainment']['all_met'] else 'missed'}, TPOT p50 "
           f"{tpot[label] * 1e3:.1f} ms, E2E p90 {e2e[label]:.2f} s; busy: {shares}")
 viz.value_bars(e2e, "Time to the whole answer (E2E p90), 64-token prompts, 512-token answers", "seconds",

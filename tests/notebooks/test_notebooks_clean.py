@@ -102,11 +102,11 @@ def _slider_makers() -> set[str]:
 
     import pdlab
     names = set()
-    for mod in pkgutil.iter_modules(pdlab.__path__):
-        if mod.name in ("cli", "demo"):
+    for mod in pkgutil.walk_packages(pdlab.__path__, "pdlab."):
+        if mod.name in ("pdlab.__main__", "pdlab.cli", "pdlab.demo") or mod.name.startswith("pdlab.kernels"):
             continue
         try:
-            m = importlib.import_module(f"pdlab.{mod.name}")
+            m = importlib.import_module(mod.name)
         except Exception:
             continue
         for name, obj in vars(m).items():

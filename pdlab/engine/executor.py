@@ -18,10 +18,10 @@ import time
 import numpy as np
 import torch
 
-from .gcpause import gc_paused
-from .kernels import get_backend, validate
+from ..gcpause import gc_paused
+from ..kernels import get_backend, validate
+from ..request import Batch, Sequence, StepResult
 from .model import AttentionMetadata, Model
-from .request import Batch, Sequence, StepResult
 
 
 def default_device() -> torch.device:
@@ -48,7 +48,7 @@ def _reserve_numba_wrappers(num_layers: int) -> None:
     for 16 layers). Make room for two executors' worth (disaggregated mode on one GPU); entries of
     executors that are gone still leave first-in, first-out."""
     try:
-        from .kernels import _numba as nb
+        from ..kernels import _numba as nb
     except Exception:                # numba missing: the backend itself will say so
         return
     if hasattr(nb, "_WRAP_CACHE_MAX"):
@@ -58,7 +58,7 @@ def _reserve_numba_wrappers(num_layers: int) -> None:
 class ModelExecutor:
     """``run(batch) -> StepResult(seconds, tokens)`` with the real model.
 
-    model       a ``pdlab.model.Model`` (moved to ``device``)
+    model       a ``pdlab.engine.model.Model`` (moved to ``device``)
     num_blocks  KV blocks this executor holds (the BlockManager's count)
     block_size  tokens per block
     backend     "torch" (gather + SDPA) or "numba" (the paged CUDA kernels, or the simulator)
@@ -81,6 +81,7 @@ class ModelExecutor:
                           for _ in range(cfg.num_layers)]
         for k, v in self.kv_caches[:1]:
             validate.check_cache(k, v)
+        self.kv_bytes_per_token = cfg.kv_bytes_per_token()      # what a KV transfer moves per token
         self.check_layers = check_layers
         if backend == "numba":
             _reserve_numba_wrappers(cfg.num_layers)
@@ -270,7 +271,7 @@ class ModelExecutor:
 
 
 def factory(model: Model, backend: str = "torch", device=None):
-    """An ``executor_factory`` for ``pdlab.cluster.run_serving``: one ModelExecutor (and one KV
+    """An ``executor_factory`` for ``pdlab.run.run_serving``: one ModelExecutor (and one KV
     cache) per worker, sharing the model weights."""
 
     def make(worker_name: str, role: str, num_blocks: int, block_size: int) -> ModelExecutor:

@@ -7,7 +7,7 @@
 
 The protocol (one process, one GPU):
 
-1. Grid: time the calibration grid of batch shapes (``pdlab.calibrate``) with the real engine.
+1. Grid: time the calibration grid of batch shapes (``pdlab.engine.calibrate``) with the real engine.
 2. Training: serve a TRAINING workload (``bench/interference_engine.py``'s generator, seed
    ``--train-seed``, default 1) with the real engine in all three modes, logging every served
    step's batch shape and measured seconds (``calibrate.serve_and_log``).
@@ -119,8 +119,11 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     import torch
 
-    from pdlab import calibrate as C
-    from pdlab.model_executor import factory
+    from pdlab.engine import calibrate as C
+    from pdlab.run import cost_model_for
+    from pdlab.sim import StepShape
+    from pdlab.sim.fit import error_summary, predict_shapes
+    from pdlab.engine.executor import factory
 
     if args.model != ie.MODEL:
         ie.MODEL = args.model
@@ -182,7 +185,7 @@ def main(argv=None) -> int:
 
     # 4: test runs, measured then simulated
     make = factory(model, backend=args.backend)
-    cm_fit = ie.config("chunked", 512, args.profile).cost_model()
+    cm_fit = cost_model_for(ie.config("chunked", 512, args.profile))
     runs, meas_tables, test_log_all = {}, {}, []
     out["rows"] = []
     for mode, chunk in MODES:
@@ -193,14 +196,14 @@ def main(argv=None) -> int:
         meas_tables[mode] = ie.latency_table(res)
         sim = ie.latency_table(ie.serve_simulated(test, mode, chunk, args.profile))
         runs[mode] = {"chunk": chunk, "measured": meas_tables[mode], "simulated": sim,
-                      "step_time_error": C.error_summary(log, C.predict_shapes(cm_fit, log)),
+                      "step_time_error": error_summary(log, predict_shapes(cm_fit, log)),
                       "wall_s": round(time.perf_counter() - t1, 1)}
         out["rows"] += compare({mode: meas_tables[mode]}, {mode: sim})
         out["runs"] = runs
         out.update(summary(out["rows"]))
         print(mode, json.dumps(runs[mode]), flush=True)
         save(f"test {mode}")
-    out["step_time_error"] = C.error_summary(test_log_all, C.predict_shapes(cm_fit, test_log_all),
+    out["step_time_error"] = error_summary(test_log_all, predict_shapes(cm_fit, test_log_all),
                                              by=("kind", "mode"))
     out["grid_only_rows"] = compare(meas_tables, simulate(test, str(grid_path)))
     out["grid_only"] = summary(out["grid_only_rows"])
@@ -215,7 +218,7 @@ def main(argv=None) -> int:
                         + args.note)
     save("done")
     if args.records_out:
-        cols = ["set", "mode", "role", "kind", "measured_s", *C.SHAPE_KEYS]
+        cols = ["set", "mode", "role", "kind", "measured_s", *StepShape._fields]
         rows = [["train" if i < len(train_log) else "test"] + [r[k] for k in cols[1:]]
                 for i, r in enumerate(train_log + test_log_all)]
         Path(args.records_out).write_text(json.dumps({"columns": cols, "rows": rows}) + "\n")

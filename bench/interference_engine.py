@@ -29,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pdlab.cluster import ServingConfig, run_serving  # noqa: E402
+from pdlab import ServingConfig, run_serving  # noqa: E402
 from pdlab.metrics import per_request  # noqa: E402
 from pdlab.request import Request  # noqa: E402
 
@@ -72,27 +72,17 @@ def serve_measured(model, requests, mode, chunk=None, backend="torch", step_log=
     """Serve with the real engine. With ``step_log`` (a list) and ``profile``, every step also
     records (predicted s, measured s, prefill chunks, decodes, prefill tokens): the cost model's
     time for that very batch beside the measured one."""
-    from pdlab.model_executor import factory
+    from pdlab.engine.executor import factory
+    from pdlab.run import cost_model_for
     make = factory(model, backend=backend)
+    on_step = None
     if step_log is not None and profile:
-        cm = config(mode, chunk, profile).cost_model()
-        base = make
+        cm = cost_model_for(config(mode, chunk, profile))
 
-        def make(name, role, num_blocks, block_size):
-            ex = base(name, role, num_blocks, block_size)
-            run = ex.run
-
-            def logged(batch):
-                pred = cm.step_time(batch)          # before the run: run() never changes a sequence
-                res = run(batch)
-                if batch:
-                    step_log.append((pred, res.seconds, len(batch.prefills), len(batch.decodes),
-                                     batch.num_prefill_tokens))
-                return res
-
-            ex.run = logged
-            return ex
-    return run_serving(requests, config(mode, chunk), executor_factory=make)
+        def on_step(worker, batch, result):    # before postprocess: the batch is as it ran
+            step_log.append((cm.step_time(batch), result.seconds, len(batch.prefills), len(batch.decodes),
+                             batch.num_prefill_tokens))
+    return run_serving(requests, config(mode, chunk), executor_factory=make, on_step=on_step)
 
 
 def step_errors(step_log) -> dict:
@@ -148,7 +138,7 @@ def warm_up(model, backend="torch"):
 def load_model(num_layers=None):
     import torch
     from dataclasses import replace
-    from pdlab import model as M
+    from pdlab.engine import model as M
     cfg = M.preset(MODEL)
     if num_layers:
         cfg = replace(cfg, num_layers=num_layers)

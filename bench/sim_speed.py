@@ -15,7 +15,7 @@ import platform
 import statistics
 import time
 
-from pdlab.cluster import ServingConfig, run_serving
+from pdlab import ServingConfig, run_serving
 from pdlab.workload import make_requests, with_rate
 
 MODEL, GPU = "llama-3-8b", "h100"

@@ -27,7 +27,7 @@ import ipywidgets as W
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from pdlab import widgets as pw  # noqa: E402
+from pdlab.lab import dashboards as pw, experiments as ex  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "results" / "widget-latency-cpu-2026-11-29.json"
@@ -63,7 +63,7 @@ def measure(repeats: int = 1) -> dict:
     rows, all_ms = [], []
     for label, (cls, plan) in PLAN.items():
         for rep in range(repeats):
-            pw._cached.cache_clear()
+            ex._cached.cache_clear()
             t = time.perf_counter()
             dash = cls()                      # the default scenario, as the lab builds it
             build_ms = (time.perf_counter() - t) * 1e3

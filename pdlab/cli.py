@@ -94,7 +94,7 @@ def add_serving_args(p: argparse.ArgumentParser, rate: bool = True) -> None:
 
 
 def config_from(args):
-    from .cluster import ServingConfig
+    from .config import ServingConfig
     return ServingConfig(mode=args.mode, model=args.model, gpu=args.gpu, tp=args.tp, num_gpus=args.num_gpus,
                          prefill_gpus=args.prefill_gpus, decode_gpus=args.decode_gpus,
                          chunk_size=args.chunk_size, max_num_seqs=args.max_num_seqs,
@@ -104,6 +104,7 @@ def config_from(args):
 
 def requests_from(args, rate: float | None):
     """The workload the flags describe; ``rate`` overrides trace timing when given."""
+    from . import traces
     from . import workload as wl
     if (args.input_len is None) != (args.output_len is None):
         raise PdlabError("--input-len and --output-len go together")
@@ -111,10 +112,10 @@ def requests_from(args, rate: float | None):
         raise PdlabError("--input-len/--output-len replace --workload/--trace: give one or the other")
     n = args.num_requests
     if args.trace:
-        reqs = wl.read_trace(args.trace)
+        reqs = traces.read_trace(args.trace)
         if n is not None:
             reqs = reqs[:n]
-        if rate is not None or not wl.has_arrivals(reqs):
+        if rate is not None or not traces.has_arrivals(reqs):
             reqs = wl.with_rate(reqs, rate or 4.0, args.seed, args.burstiness)
         else:
             t0 = reqs[0].arrival
@@ -127,39 +128,17 @@ def requests_from(args, rate: float | None):
     return wl.make_requests(n or 1000, rate or 4.0, lengths, args.seed, args.burstiness)
 
 
-def _fmt(x, unit="ms"):
-    if x is None:
-        return "-"
-    return f"{x * 1e3:.1f}" if unit == "ms" else f"{x:.2f}"
-
-
-def print_table(rows: list[dict], out=sys.stdout) -> None:
-    head = ["mode", "gpus", "done", "rej", "req/s", "tok/s", "TTFT p50", "TTFT p99", "TPOT p50",
-            "TPOT p99", "ITL p99", "E2E p99"]
-    lines = [head]
-    for s in rows:
-        lines.append([s["mode"], str(s["gpus"]), str(s["completed"]), str(s["rejected"]),
-                      f"{s['throughput_rps']:.2f}", f"{s['throughput_tok_s']:.0f}",
-                      _fmt(s["ttft_s"]["p50"]), _fmt(s["ttft_s"]["p99"]), _fmt(s["tpot_s"]["p50"]),
-                      _fmt(s["tpot_s"]["p99"]), _fmt(s["itl_s"]["p99"]), _fmt(s["e2e_s"]["p99"])])
-    widths = [max(len(r[i]) for r in lines) for i in range(len(head))]
-    for k, r in enumerate(lines):
-        print("  ".join(c.rjust(w) for c, w in zip(r, widths)), file=out)
-        if k == 0:
-            print("  ".join("-" * w for w in widths), file=out)
-    print("(latencies in ms)", file=out)
-
-
 def cmd_simulate(args) -> int:
-    from .cluster import run_serving
     from .metrics import SLO
+    from .report import print_table
+    from .run import run_serving
     slos = [SLO.parse(s) for s in args.slo]
     cfg = config_from(args)
     reqs = requests_from(args, args.rate)
     factory, clock, device = None, f"simulated (cost model: {cfg.gpu}, {cfg.model})", cfg.gpu
     if args.executor == "model":
         factory, clock, device, reqs = engine_setup(args, cfg, reqs)
-    result = run_serving(reqs, cfg, factory)
+    result = run_serving(reqs, cfg, factory, clock=clock)
     summary = result.summary(slos)
     summary["clock"] = clock
     summary["model"], summary["gpu"] = cfg.model, device
@@ -179,8 +158,8 @@ def engine_setup(args, cfg, reqs):
     trained weights; other presets get seeded random weights), prompts of random token ids."""
     import numpy as np
 
-    from . import model as M
-    from .model_executor import default_device, factory
+    from .engine import model as M
+    from .engine.executor import default_device, factory
     if cfg.num_blocks is None:
         cfg.num_blocks = 4096              # KV blocks per worker; the cost model's GPU memory does not apply
     device = default_device()
@@ -194,8 +173,8 @@ def engine_setup(args, cfg, reqs):
 
 
 def cmd_goodput(args) -> int:
-    from .cluster import run_serving
     from .metrics import SLO, goodput_search, summarize
+    from .run import run_serving
     from .workload import with_rate
     if not args.slo:
         raise PdlabError("goodput needs at least one --slo METRIC:pNN:SECONDS")
@@ -252,7 +231,7 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
         q = sub.add_parser(name, help=help_)
         if argv and argv[0] == name:
             import importlib
-            mod = importlib.import_module(f"pdlab.{name}")
+            mod = importlib.import_module(f"pdlab.engine.{name}")
             mod.add_arguments(q)
             q.set_defaults(func=mod.run)
     return p

@@ -8,9 +8,11 @@ import sys
 import time
 from pathlib import Path
 
-from .cli import print_table
-from .cluster import ServingConfig, run_serving
+from .analysis import stall_window
+from .config import ServingConfig
 from .metrics import SLO
+from .report import print_table
+from .run import run_serving
 from .workload import make_requests
 
 MODEL, GPU, RATE, WORKLOAD = "llama-3-8b", "h100", 8.0, "sharegpt"
@@ -28,18 +30,10 @@ def run_modes(num_requests: int = 600, rate: float = RATE, seed: int = 0):
     return reqs, {mode: run_serving(reqs, cfg) for mode, cfg in SETUPS.items()}
 
 
-def long_prompt_window(result, span: float = 3.0) -> tuple[float, float]:
-    """A window around a long prompt's arrival, mid-run, where the aggregated stall is visible."""
-    seqs = [s for s in result.sequences if s.token_times]
-    mid = seqs[len(seqs) // 2:]
-    t = max(mid[:50], key=lambda s: s.prompt_len).request.arrival if mid else 0.0
-    return (t - span / 3, t + span * 2 / 3)
-
-
 def write_report(path: Path, reqs, results, summaries) -> None:
     from . import viz
     figs = []
-    window = long_prompt_window(results["aggregated"])
+    window = stall_window(results["aggregated"])
     figs.append(("Inter-token latency: every gap between two tokens of a stream",
                  viz.cdf(viz.metric_arrays(results, "itl"), "itl", slo=SLOS[1].seconds)))
     figs.append(("Time to first token", viz.cdf(viz.metric_arrays(results, "ttft"), "ttft", slo=SLOS[0].seconds)))

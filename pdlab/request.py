@@ -41,6 +41,7 @@ class Request:
     block_hashes: tuple[int, ...] | None = None
     hash_block: int = 512
     session_id: int | None = None
+    stop_ids: tuple[int, ...] = ()   # sampling one of these ends the request (an end-of-sequence token)
 
     def __post_init__(self):
         if self.prompt_len < 1:
@@ -89,22 +90,6 @@ class Sequence:
     def arrival(self) -> float:
         return self.request.arrival
 
-    @property
-    def in_prefill(self) -> bool:
-        """True while more than the newest token lacks KV (a prompt, or a recompute)."""
-        return self.num_tokens - self.num_computed > 1 or self.num_output == 0
-
-    @property
-    def is_finished(self) -> bool:
-        return self.status in (Status.FINISHED, Status.REJECTED)
-
-    def token_id(self, i: int) -> int:
-        """Token id at position i (prompt then output); needs real ids."""
-        p = self.request.prompt_ids
-        if p is None:
-            raise ValueError(f"request {self.id} has no prompt ids: the model executor needs them")
-        return p[i] if i < self.prompt_len else self.output_ids[i - self.prompt_len]
-
     def __repr__(self):
         return (f"Sequence(id={self.id}, {self.status.value}, tokens={self.num_tokens}, "
                 f"computed={self.num_computed}, out={self.num_output}/{self.max_new_tokens})")
@@ -143,10 +128,6 @@ class Batch:
     @property
     def num_tokens(self) -> int:
         return self.num_prefill_tokens + len(self.decodes)
-
-    @property
-    def num_seqs(self) -> int:
-        return len(self.prefills) + len(self.decodes)
 
     def __bool__(self) -> bool:
         return bool(self.prefills or self.decodes)

@@ -1,33 +1,47 @@
-"""Generate the learner notebooks ``labs/NN_*.ipynb`` from the authored solutions in
-``labs/solutions/``.
+"""Generate the lab notebooks from their sources: each ``labs/src/NN_slug.py`` (jupytext's percent
+format) becomes the solution ``labs/solutions/NN_slug.ipynb`` and the learner copy
+``labs/NN_slug.ipynb``.
 
-One authoring source: in a solution notebook, the lines of a code cell between ``# BEGIN
-SOLUTION`` and ``# END SOLUTION`` are the answer. The learner copy replaces them with a stub that
-raises ``NotImplementedError`` (same indentation), and every copy is written without outputs.
+In a source's code cell, the lines between ``# BEGIN SOLUTION`` and ``# END SOLUTION`` are the
+answer: the solution keeps them, the learner copy replaces them with a stub that raises
+``NotImplementedError`` (same indentation). Cell metadata, such as tags, comes from the cell's
+``# %%`` line (``# %% tags=["raises-exception"]``). Both notebooks are written without outputs,
+with the source's kernelspec and cell ids ``NN-ii``, so regenerating unchanged sources leaves them
+byte-identical.
 
-    python scripts/make_labs.py           # write labs/NN_*.ipynb
-    python scripts/make_labs.py --check   # exit 1 if a learner copy is stale (a test runs this)
+    python scripts/make_labs.py           # write labs/solutions/NN_*.ipynb and labs/NN_*.ipynb
+    python scripts/make_labs.py --check   # exit 1 naming each stale notebook (a test runs this)
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from pathlib import Path
 
+import jupytext
 import nbformat
+from jupytext.cell_metadata import _JUPYTEXT_CELL_METADATA
 
-LABS = Path(__file__).resolve().parent.parent / "labs"
+ROOT = Path(__file__).resolve().parent.parent
+LABS = ROOT / "labs"
 BEGIN, END = "# BEGIN SOLUTION", "# END SOLUTION"
+NOTEBOOK = "[0-9][0-9]_*.ipynb"
 
 
-def strip_outputs(nb):
-    for cell in nb.cells:
-        if cell.cell_type == "code":
-            cell.outputs = []
-            cell.execution_count = None
-        cell.metadata.pop("execution", None)
-    nb.metadata.pop("widgets", None)
+def solution_notebook(src: Path):
+    nb = jupytext.read(src, fmt="py:percent")
+    if "kernelspec" not in nb.metadata:
+        raise SystemExit(f"{src.relative_to(ROOT)}: the header names no kernelspec")
+    # language_info is what a kernel fills in on the first run; the name alone keeps files stable
+    nb.metadata = {"kernelspec": nb.metadata["kernelspec"], "language_info": {"name": "python"}}
+    for i, cell in enumerate(nb.cells):
+        cell.id = f"{src.name[:2]}-{i:02d}"
+        # jupytext's notes on the text layout (blank lines between cells) mean nothing in a notebook
+        for key in _JUPYTEXT_CELL_METADATA:
+            cell.metadata.pop(key, None)
+    nbformat.validate(nb)
     return nb
 
 
@@ -52,37 +66,47 @@ def stub_source(src: str, where: str) -> str:
     return "\n".join(out)
 
 
-def learner_copy(solution: Path):
-    nb = strip_outputs(nbformat.read(solution, as_version=4))
+def learner_copy(solution, where: str):
+    nb = copy.deepcopy(solution)
     for i, cell in enumerate(nb.cells):
         if cell.cell_type == "code" and BEGIN in cell.source:
-            cell.source = stub_source(cell.source, f"{solution.name} cell {i}")
+            cell.source = stub_source(cell.source, f"{where} cell {i}")
     return nb
+
+
+def generated() -> dict[Path, str]:
+    """Every generated notebook's path and text."""
+    out = {}
+    for src in sorted((LABS / "src").glob("[0-9][0-9]_*.py")):
+        sol = solution_notebook(src)
+        name = src.with_suffix(".ipynb").name
+        out[LABS / "solutions" / name] = nbformat.writes(sol) + "\n"
+        out[LABS / name] = nbformat.writes(learner_copy(sol, str(src.relative_to(ROOT)))) + "\n"
+    return out
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--check", action="store_true", help="report stale learner copies, write nothing")
+    ap.add_argument("--check", action="store_true", help="report stale notebooks, write nothing")
     args = ap.parse_args(argv)
-    stale = []
-    for sol in sorted((LABS / "solutions").glob("[0-9][0-9]_*.ipynb")):
-        # the solution itself is kept output-free too
-        sol_nb = nbformat.read(sol, as_version=4)
-        clean = strip_outputs(nbformat.read(sol, as_version=4))
-        target = LABS / sol.name
-        text = nbformat.writes(learner_copy(sol)) + "\n"
-        if args.check:
-            if not target.exists() or target.read_text() != text:
-                stale.append(str(target.relative_to(LABS.parent)))
-            if nbformat.writes(sol_nb) != nbformat.writes(clean):
-                stale.append(str(sol.relative_to(LABS.parent)) + " (has outputs)")
-        else:
-            target.write_text(text)
-            sol.write_text(nbformat.writes(clean) + "\n")
+    want = generated()
+    stale = [p for p, text in want.items() if not p.exists() or p.read_text() != text]
+    # a notebook whose source was renamed or deleted would still be executed by the tests
+    orphans = [p for p in sorted(LABS.glob(NOTEBOOK)) + sorted((LABS / "solutions").glob(NOTEBOOK))
+               if p not in want]
+    if not args.check:
+        for p in stale:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_text(want[p])
+            print("wrote", p.relative_to(ROOT))
+        stale = []
     if stale:
-        print("stale learner notebooks (run `python scripts/make_labs.py`): " + ", ".join(stale))
-        return 1
-    return 0
+        print("stale notebooks (run `python scripts/make_labs.py`): "
+              + ", ".join(str(p.relative_to(ROOT)) for p in stale))
+    if orphans:
+        print("notebooks without a source in labs/src/ (delete them): "
+              + ", ".join(str(p.relative_to(ROOT)) for p in orphans))
+    return 1 if stale or orphans else 0
 
 
 if __name__ == "__main__":

@@ -22,8 +22,8 @@ import torch
 from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from pdlab import model as M  # noqa: E402
-from pdlab import tokenizer  # noqa: E402
+from pdlab.engine import model as M  # noqa: E402
+from pdlab.engine import tokenizer  # noqa: E402
 
 
 def pack(text: str) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Which thread of a warp holds which matrix element: the register layouts ("fragments") of the
 tensor-core instruction ``mma.sync.aligned.m16n8k16`` (fp16/bf16 inputs, fp32 accumulators) and
 of ``ldmatrix``, as the PTX ISA defines them. Plain numpy, no numba: the simulator's emulation of
-those instructions (``_mma.py``), lab 02's figure (``pdlab.viz_kernels``) and the tests all read
+those instructions (``_mma.py``), lab 02's figure (``pdlab.viz.kernels``) and the tests all read
 the layouts from here, so there is one statement of them.
 
     D[16x8] = A[16x16] @ B[16x8] + C[16x8]       one warp, 32 lanes

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pdlab import model as M
+from pdlab.engine import model as M
 
 torch.set_num_threads(1)
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from pdlab import model as M
-from pdlab import tokenizer
+from pdlab.engine import model as M
+from pdlab.engine import tokenizer
 from pdlab.request import Request
 
 PROMPTS = [

@@ -9,10 +9,14 @@ import json
 import numpy as np
 import pytest
 
-from pdlab import calibrate as C
-from pdlab import generate as G
-from pdlab.cluster import ServingConfig
-from pdlab.costmodel import GPUS, MODELS, CostModel, Efficiency
+from pdlab.engine import calibrate as C
+from pdlab.engine import generate as G
+from pdlab.engine import grid as grid_mod
+from pdlab.config import ServingConfig
+from pdlab.hardware import GPUS
+from pdlab.models import MODELS
+from pdlab.sim import CostModel, Efficiency, StepShape
+from pdlab.sim.fit import shape_of
 
 
 def _args(module, argv):
@@ -26,10 +30,10 @@ def test_fit_recovers_known_efficiencies():
     truth = dict(mfu=0.45, attn_eff=0.2, mbu=0.7, step_overhead_s=2e-3, seq_overhead_s=5e-5,
                  prefill_overhead_s=7e-4)
     cm_true = CostModel(GPUS["h200"], MODELS["llama-3-8b"]).with_efficiency(**truth)
-    f = C.BatchFactory(num_blocks=1 << 16, block_size=16, vocab=1000)
+    f = grid_mod.BatchFactory(num_blocks=1 << 16, block_size=16, vocab=1000)
     points = []
-    for p in C.grid(fast=False, max_tokens=1 << 17):
-        b = C.build_batch(f, p)
+    for p in grid_mod.grid(fast=False, max_tokens=1 << 17):
+        b = grid_mod.build_batch(f, p)
         points.append({**p, "measured_s": cm_true.step_time(b), "_batch": b})
     cm, pred = C.fit(CostModel(GPUS["h200"], MODELS["llama-3-8b"]), points)
     meas = np.array([p["measured_s"] for p in points])
@@ -43,20 +47,20 @@ def test_fit_recovers_known_efficiencies():
 def test_grid_has_serving_like_steps():
     """The grid holds steps as the schedulers issue them: several prefill chunks (one after
     cached context) beside a decode batch."""
-    pts = [p for p in C.grid(fast=False, max_tokens=1 << 17) if p["kind"] == "serving"]
+    pts = [p for p in grid_mod.grid(fast=False, max_tokens=1 << 17) if p["kind"] == "serving"]
     assert any(len(p["chunks"]) >= 2 and p["decodes"] > 0 for p in pts)
     assert any(ctx > 0 for p in pts for _, ctx in p["chunks"])
-    f = C.BatchFactory(num_blocks=1 << 14, block_size=16, vocab=258)
+    f = grid_mod.BatchFactory(num_blocks=1 << 14, block_size=16, vocab=258)
     for p in pts:
-        b = C.build_batch(f, p)
+        b = grid_mod.build_batch(f, p)
         assert len(b.prefills) == len(p["chunks"]) and len(b.decodes) == p["decodes"]
         assert b.num_prefill_tokens == p["tokens"]
         assert [(s.num_computed, n) for s, n in b.prefills] == [(c, n) for n, c in p["chunks"]]
 
 
 def test_grid_batches_have_the_requested_shapes():
-    f = C.BatchFactory(num_blocks=64, block_size=16, vocab=258)
-    b = C.build_batch(f, {"kind": "mixed", "tokens": 32, "decodes": 3, "context": 40})
+    f = grid_mod.BatchFactory(num_blocks=64, block_size=16, vocab=258)
+    b = grid_mod.build_batch(f, {"kind": "mixed", "tokens": 32, "decodes": 3, "context": 40})
     assert b.num_prefill_tokens == 32 and len(b.decodes) == 3 and b.decode_context == 120
     assert len(b.sampling()) == 4
     b = f.prefill(16, context=48, seqs=2)
@@ -93,7 +97,8 @@ def test_generate_streams_story_text(capsys):
 
 
 def test_generate_missing_weights_is_one_clear_line(tmp_path, capsys):
-    assert G.main(["hi", "--weights", str(tmp_path)]) == 2
+    from pdlab.cli import main
+    assert main(["generate", "hi", "--weights", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "model file not found" in err and str(tmp_path) in err
 
@@ -110,7 +115,7 @@ def _served_workload(seed=1):
 def test_calibrate_from_serving_recovers_a_known_efficiency():
     """Steps served through run_serving by a synthetic executor whose times come from a known
     Efficiency (mixed-phase overhead included) are logged and fitted back to it."""
-    from pdlab.executors import CostModelExecutor
+    from pdlab.sim import CostModelExecutor
 
     truth = dict(mfu=0.5, attn_eff=0.05, mbu=0.3, step_overhead_s=15e-3, seq_overhead_s=2e-5,
                  prefill_overhead_s=5e-4, mixed_overhead_s=6e-3)
@@ -121,10 +126,10 @@ def test_calibrate_from_serving_recovers_a_known_efficiency():
         C.serve_and_log(_served_workload(), conf, lambda *a: CostModelExecutor(cm_true), log)
     kinds = {r["kind"] for r in log}
     assert kinds == {"prefill", "decode", "mixed"} and {r["mode"] for r in log} == {m for m, _ in C.SERVE_MODES}
-    assert all(r["measured_s"] == pytest.approx(cm_true.time_for(**{k: r[k] for k in C.SHAPE_KEYS})) for r in log)
-    f = C.BatchFactory(num_blocks=1 << 14, block_size=16, vocab=1000)
+    assert all(r["measured_s"] == pytest.approx(cm_true.time_for(shape_of(r))) for r in log)
+    f = grid_mod.BatchFactory(num_blocks=1 << 14, block_size=16, vocab=1000)
     grid = [{"kind": p["kind"], "measured_s": cm_true.step_time(b), "_batch": b}
-            for p in C.grid(fast=True, max_tokens=4096) for b in [C.build_batch(f, p)]]
+            for p in grid_mod.grid(fast=True, max_tokens=4096) for b in [grid_mod.build_batch(f, p)]]
     out = C.calibrate_from_serving(CostModel(GPUS["h200"], MODELS["llama-3.2-1b"]), log, grid)
     eff, served = out["efficiency"], out["fit"]["served"]
     assert served["steps"] == len(log) and served["p90_abs_rel_error"] < 0.01
@@ -137,9 +142,15 @@ def test_calibrate_from_serving_recovers_a_known_efficiency():
 
 def test_batch_shape_is_what_step_time_times():
     cm = CostModel(GPUS["h200"], MODELS["llama-3.2-1b"])
-    f = C.BatchFactory(num_blocks=1024, block_size=16, vocab=1000)
+    f = grid_mod.BatchFactory(num_blocks=1024, block_size=16, vocab=1000)
     for b in (f.prefill(100, 32), f.decode(4, 64), f.serving([(48, 0), (32, 16)], 3, 40)):
-        s = C.batch_shape(cm, b)
-        assert cm.time_for(**{k: s[k] for k in C.SHAPE_KEYS}) == cm.step_time(b)
-        assert s["mixed"] == bool(b.prefills and b.decodes)
-    assert C.shape_kind(C.batch_shape(cm, f.serving([(48, 0)], 3, 40))) == "mixed"
+        s = cm.shape(b)
+        assert cm.time_for(shape_of(s._asdict())) == cm.step_time(b)     # a logged shape times the same
+        assert s.mixed == bool(b.prefills and b.decodes)
+    assert cm.shape(f.serving([(48, 0)], 3, 40)).kind == "mixed"
+    assert cm.shape(f.prefill(10)).kind == "prefill" and cm.shape(f.decode(2, 9)).kind == "decode"
+    # the shape constructors agree with the batches the scheduler would build
+    assert cm.shape(f.prefill(100, 32)) == StepShape.prefill(100, 32)
+    assert cm.shape(f.decode(4, 64)) == StepShape.decode(4, 64)
+    both = cm.shape(f.serving([(48, 0)], 3, 40))
+    assert both == StepShape.prefill(48) + StepShape.decode(3, 40)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pdlab.kernels import validate
-from pdlab.model_executor import ModelExecutor
+from pdlab.engine.executor import ModelExecutor
 from pdlab.request import Batch, Request, Sequence
 
 

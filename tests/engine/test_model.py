@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pdlab import model as M
-from pdlab import tokenizer
+from pdlab.engine import model as M
+from pdlab.engine import tokenizer
 from pdlab.errors import PdlabError
-from pdlab.model_executor import ModelExecutor
+from pdlab.engine.executor import ModelExecutor
 from pdlab.request import Batch, Request, Sequence
 
 from engine_support import small_config

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from pdlab import model as M
-from pdlab.cluster import ServingConfig, run_serving
-from pdlab.model_executor import factory
+from pdlab.engine import model as M
+from pdlab import ServingConfig, run_serving
+from pdlab.engine.executor import factory
 from pdlab.request import Status
 
 from engine_support import reference_tokens, small_config, story_requests

@@ -6,9 +6,11 @@ import pytest
 
 go = pytest.importorskip("plotly.graph_objects")   # the GPU image has no plotly
 
-from pdlab import checks
-from pdlab import viz_engine as ve
-from pdlab.costmodel import GPUS, MODELS, CostModel, arithmetic_intensity, ridge_point
+from pdlab.lab import checks
+from pdlab.viz import engine as ve
+from pdlab.hardware import GPUS
+from pdlab.models import MODELS, arithmetic_intensity
+from pdlab.sim import CostModel, ridge_point
 
 
 def test_step_times_split_prefill_from_decodes():

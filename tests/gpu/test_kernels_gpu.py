@@ -199,11 +199,11 @@ def test_engine_on_tensor_cores_gives_the_dense_tokens(monkeypatch):
     """The engine's invariant with the tensor-core prefill: greedy tokens identical to the torch
     backend and to the dense forward, chunked (prefill chunks after cached context, mixed steps)
     and aggregated; and the tensor-core kernel really ran."""
-    from pdlab import model as M
-    from pdlab import tokenizer
-    from pdlab.cluster import ServingConfig, run_serving
+    from pdlab import ServingConfig, run_serving
+    from pdlab.engine import model as M
+    from pdlab.engine import tokenizer
+    from pdlab.engine.executor import factory
     from pdlab.kernels import prefill_attention as pa
-    from pdlab.model_executor import factory
     from pdlab.request import Request
 
     if torch.cuda.get_device_capability() < (8, 0):

@@ -3,12 +3,13 @@
 import numpy as np
 import pytest
 
-from pdlab import viz_kernels as vk
+from pdlab.lab import results as measured
+from pdlab.viz import kernels as vk
 
 
 @pytest.fixture(scope="module")
 def results():
-    return vk.load_results()
+    return measured.load()
 
 
 def test_results_file_has_the_promised_fields(results):

@@ -10,7 +10,7 @@ import pytest
 
 LABS = Path(__file__).resolve().parents[2] / "labs" / "solutions"
 MINE = ["03_kv_cache", "04_interference", "05_chunked_prefill", "06_disaggregation"]
-PRELUDE = "import numpy as np\nfrom pdlab import checks\nfrom pdlab.request import Status\n"
+PRELUDE = "import numpy as np\nfrom pdlab.lab import checks\nfrom pdlab.request import Status\n"
 
 
 def _exercises(name):

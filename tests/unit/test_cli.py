@@ -61,6 +61,8 @@ def test_trace_and_fixed_lengths(capsys, tmp_path):
     (["simulate", "--mode", "disaggregated", "--num-gpus", "2", "--prefill-gpus", "2", "--decode-gpus", "1"],
      "need 3 replicas"),
     (["simulate", "--link", "carrier-pigeon"], "unknown link"),
+    (["simulate", "--link", "-5"], "link bandwidth must be a positive number of GB/s, got -5"),
+    (["simulate", "--tp", "3"], "--tp 3 does not divide llama-3-8b's heads (32)"),
     (["simulate", "--workload", "nope"], "unknown workload preset"),
     (["simulate", "--trace", "missing.csv"], "not found"),
     (["simulate", "--slo", "ttft:90:1"], "bad SLO"),
@@ -78,7 +80,7 @@ def test_bad_input_is_one_line_exit_2(capsys, argv, msg):
 def test_malformed_trace_row_via_subprocess(tmp_path):
     p = tmp_path / "t.csv"
     p.write_text("arrived_at,num_prefill_tokens,num_decode_tokens\n0,10,5\n1,10,x\n")
-    r = subprocess.run([sys.executable, "-m", "pdlab.cli", "simulate", "--trace", str(p)],
+    r = subprocess.run([sys.executable, "-m", "pdlab", "simulate", "--trace", str(p)],
                        capture_output=True, text=True)
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and f"{p}:3:" in r.stderr and "Traceback" not in r.stderr

@@ -1,8 +1,12 @@
 import pytest
 
-from pdlab.costmodel import GPUS, MODELS, CostModel, Efficiency, arithmetic_intensity, ridge_point
+from pdlab.hardware import GPUS
+
+from pdlab.models import MODELS, arithmetic_intensity
+
+from pdlab.sim import CostModel, Efficiency, ridge_point
 from pdlab.errors import PdlabError
-from pdlab.kv import BlockManager
+from pdlab.serving.kv import BlockManager
 from pdlab.request import Batch, Request, Sequence
 
 

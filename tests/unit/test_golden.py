@@ -72,7 +72,8 @@ def _steps_digest(result) -> str:
 @pytest.mark.parametrize("mode", ["aggregated", "chunked", "disaggregated"])
 def test_step_log_is_unchanged(mode):
     """Every iteration of a run (worker, start, end, prefill tokens, decode tokens, KV blocks)."""
-    from pdlab.cluster import ServingConfig, run_serving
+    from pdlab.config import ServingConfig
+    from pdlab.run import run_serving
     from pdlab.workload import make_requests
     reqs = make_requests(150, 8.0, "chat-long", seed=11)
     cfg = ServingConfig(mode=mode, num_blocks=900, **({"num_gpus": 2} if mode != "disaggregated" else {}))
@@ -86,10 +87,11 @@ def test_engine_tokens_are_unchanged(mode):
     seconds are the cost model's (measured seconds differ run to run), so the schedule is fixed."""
     import torch
 
-    from pdlab import model as M
-    from pdlab.costmodel import CostModel
-    from pdlab.model_executor import ModelExecutor
-    from pdlab.cluster import ServingConfig, run_serving
+    from pdlab.engine import model as M
+    from pdlab.sim import CostModel
+    from pdlab.engine.executor import ModelExecutor
+    from pdlab.config import ServingConfig
+    from pdlab.run import run_serving
     from pdlab.request import StepResult
     from pdlab.workload import make_requests
     import numpy as np

@@ -1,6 +1,6 @@
 from hypothesis import given, settings, strategies as st
 
-from pdlab.kv import BlockManager, chain_hashes
+from pdlab.serving.kv import BlockManager, chain_hashes
 from pdlab.request import Request, Sequence
 
 
@@ -89,7 +89,7 @@ def test_random_alloc_free_never_leaks(ops, block_size, prefix):
 
 
 def test_prefix_cache_hit_rate_on_shared_prefixes():
-    from pdlab.cluster import ServingConfig, run_serving
+    from pdlab import ServingConfig, run_serving
     from pdlab.request import Request
     shared = tuple(range(512))     # a 512-token system prompt every request starts with
     reqs = [Request(i, 0.05 * i, 512 + 64, 8, prompt_ids=shared + tuple(range(1000 + 64 * i, 1064 + 64 * i)))

@@ -2,7 +2,7 @@
 
 import pytest
 
-from pdlab.cluster import ServingConfig, run_serving
+from pdlab import ServingConfig, run_serving
 from pdlab.workload import Lengths, make_requests
 
 MIX = Lengths("mix", a=256, b=128, long_len=8192, long_share=0.05)

@@ -1,11 +1,12 @@
 """Scheduler properties on random workloads, for every mode."""
 
+import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from pdlab.cluster import ServingConfig, run_serving
-from pdlab.kv import BlockManager
+from pdlab import ServingConfig, run_serving
+from pdlab.serving.kv import BlockManager
 from pdlab.request import Batch, Request, Sequence, Status, StepResult
-from pdlab.schedulers import AggregatedScheduler, ChunkedScheduler
+from pdlab.serving.policies import AggregatedScheduler, ChunkedScheduler
 
 requests_st = st.lists(
     st.tuples(st.floats(0, 2), st.integers(1, 300), st.integers(1, 40)), min_size=1, max_size=25)
@@ -21,6 +22,8 @@ def make(reqs):
 
 class Recording:
     """A cost-model executor that also checks every batch it is given."""
+
+    kv_bytes_per_token = 131072        # llama-3-8b
 
     def __init__(self, budget=None, block_size=16, num_blocks=None):
         self.budget, self.batches = budget, []
@@ -73,7 +76,7 @@ def test_every_request_finishes_or_is_rejected_and_no_block_leaks(reqs, mode, nu
     cfg = ServingConfig(mode=mode, model="llama-3-8b", gpu="h100", num_blocks=num_blocks,
                         num_gpus=replicas if mode != "disaggregated" else None,
                         prefill_gpus=replicas, decode_gpus=max(1, replicas - 1), chunk_size=chunk)
-    from pdlab.cluster import Cluster
+    from pdlab.serving import Cluster
     cl = Cluster(cfg, factory)
     res = cl.run(reqs)
     check_run(res, reqs)
@@ -164,6 +167,8 @@ def test_disaggregated_transfers_wait_for_decode_memory():
 class Constant:
     """Every iteration takes 10 ms: timelines can be computed by hand."""
 
+    kv_bytes_per_token = 131072        # llama-3-8b: 128 KiB of KV per token
+
     def run(self, batch):
         return StepResult(0.01)
 
@@ -193,3 +198,42 @@ def test_hand_computed_timeline_disaggregated():
     arrive = 0.01 + 10e-6 + kv / 1e9
     assert s.token_times == pytest.approx([0.01, arrive + 0.01, arrive + 0.02])
     assert s.transfer_end == pytest.approx(arrive)
+
+
+class Counting:
+    """Samples token ``7`` from each sequence's third output on, ``1`` before: a stop token test."""
+
+    kv_bytes_per_token = 131072
+
+    def run(self, batch):
+        return StepResult(0.01, [7 if s.num_output >= 2 else 1 for s in batch.sampling()])
+
+    def transfer_kv(self, *a):
+        pass
+
+
+@pytest.mark.parametrize("mode", ["aggregated", "chunked", "disaggregated"])
+def test_a_stop_token_ends_a_request_in_every_mode(mode):
+    reqs = [Request(0, 0.0, 20, 50, stop_ids=(7,)), Request(1, 0.0, 30, 4)]
+    res = run_serving(reqs, ServingConfig(mode=mode, num_blocks=64), lambda *a: Counting())
+    a, b = res.sequences
+    assert a.output_ids == [1, 1, 7] and a.status is Status.FINISHED     # stopped well before 50
+    assert b.output_ids == [1, 1, 7, 7]                                   # no stop ids: runs to max
+    assert len(a.token_times) == 3
+
+
+def test_the_step_hook_sees_every_iteration_before_postprocess():
+    seen = []
+
+    def on_step(worker, batch, result):
+        # before postprocess: every decode still lacks the KV of its newest token
+        assert all(s.num_tokens - s.num_computed == 1 for s in batch.decodes)
+        seen.append((worker.name, batch.num_prefill_tokens, len(batch.decodes), result.seconds))
+
+    reqs = [Request(i, 0.002 * i, 50 + i, 5) for i in range(6)]
+    res = run_serving(reqs, ServingConfig(mode="chunked", chunk_size=64, num_blocks=200), on_step=on_step)
+    assert [(res.workers[s.worker], s.prefill_tokens, s.decode_tokens, pytest.approx(s.end - s.start))
+            for s in sorted(res.steps, key=lambda s: s.start)] == seen
+    cols = res.steps.columns()
+    assert cols.prefill_tokens.sum() == sum(r.prompt_len for r in reqs)
+    assert (cols.end > cols.start).all() and cols.kv_blocks_used.max() <= 200

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from pdlab.errors import PdlabError
-from pdlab.workload import (PRESETS, Lengths, arrivals, has_arrivals, make_requests, preset_pairs,
-                            read_trace, with_rate, write_trace)
+from pdlab.traces import has_arrivals, read_trace, write_trace
+from pdlab.workload import PRESETS, Lengths, arrivals, make_requests, preset_pairs, with_rate
 
 
 def test_same_seed_same_requests_and_rate_only_rescales():

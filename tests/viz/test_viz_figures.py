@@ -6,18 +6,18 @@ import numpy as np
 import plotly.graph_objects as go
 import pytest
 
-from pdlab import viz
-from pdlab import widgets as pw
-from pdlab.costmodel import CostModel
+from pdlab import analysis, viz
+from pdlab.lab import dashboards as pw, experiments as ex
+from pdlab.sim import CostModel
 from pdlab.metrics import SLO
 
 
 @pytest.fixture(scope="module")
 def runs():
     return {
-        "aggregated": pw.simulate("chat-long", 120, 6.0, mode="aggregated"),
-        "chunked": pw.simulate("chat-long", 120, 6.0, mode="chunked", chunk_size=512),
-        "disaggregated": pw.simulate("chat-long", 120, 6.0, mode="disaggregated"),
+        "aggregated": ex.simulate("chat-long", 120, 6.0, mode="aggregated"),
+        "chunked": ex.simulate("chat-long", 120, 6.0, mode="chunked", chunk_size=512),
+        "disaggregated": ex.simulate("chat-long", 120, 6.0, mode="disaggregated"),
     }
 
 
@@ -70,7 +70,7 @@ def test_raster_points_keeps_old_signature(runs):
 
 
 def test_chunked_freezes_less_than_aggregated(runs):
-    agg, ch = viz.max_gaps(runs["aggregated"]), viz.max_gaps(runs["chunked"])
+    agg, ch = analysis.max_gaps(runs["aggregated"]), analysis.max_gaps(runs["chunked"])
     assert agg.max() > 3 * ch.max()
     assert np.mean(agg > 0.1) > np.mean(ch > 0.1)
 
@@ -104,7 +104,7 @@ def test_percentile_bars_values(runs):
 
 
 def test_kv_occupancy_counts_preemptions():
-    r = pw.simulate("chat-long", 150, 8.0, mode="chunked", chunk_size=512, num_blocks=600)
+    r = ex.simulate("chat-long", 150, 8.0, mode="chunked", chunk_size=512, num_blocks=600)
     f = viz.kv_occupancy(r)
     pre = sum(s.num_preemptions for s in r.sequences)
     assert pre > 0 and f"{pre} preemptions" in f.layout.title.text
@@ -113,11 +113,11 @@ def test_kv_occupancy_counts_preemptions():
 
 
 def test_slo_curves_and_goodput_bars(runs):
-    reqs = pw.chat_long(80, 4.0)
+    reqs = ex.chat_long(80, 4.0)
     slos = [SLO("ttft", 90, 0.5), SLO("itl", 99, 0.05)]
-    from pdlab.cluster import ServingConfig
+    from pdlab.config import ServingConfig
     cfgs = {"aggregated": ServingConfig(mode="aggregated"), "chunked": ServingConfig(mode="chunked")}
-    sw = pw.sweep_rates(reqs, [2.0, 4.0], cfgs, slos, progress=False)
+    sw = ex.sweep_rates(reqs, [2.0, 4.0], cfgs, slos, progress=False)
     f = viz.slo_curves([2.0, 4.0], sw, slos, per_gpu={"aggregated": 1, "chunked": 1}, goodputs={"chunked": 3.0})
     assert len(f.data) == len(slos) * len(cfgs)
     for a in f.layout.annotations:
@@ -153,10 +153,10 @@ def test_kv_capacity_and_decode_throughput():
 
 
 def test_busy_share_and_first_gaps(runs):
-    b = viz.busy_share(runs["disaggregated"])
+    b = analysis.busy_share(runs["disaggregated"])
     assert set(b) == {"prefill0", "decode0"} and all(0 <= v <= 1.0 + 1e-9 for v in b.values())
     assert b["decode0"] > b["prefill0"]
-    g = viz.first_gaps(runs["disaggregated"])
+    g = analysis.first_gaps(runs["disaggregated"])
     assert g.size and np.all(g > 0)
 
 

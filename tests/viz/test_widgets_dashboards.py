@@ -5,7 +5,7 @@ import ipywidgets as W
 import numpy as np
 import pytest
 
-from pdlab import widgets as pw
+from pdlab.lab import dashboards as pw, experiments as ex
 
 SMALL = dict(n=80)
 
@@ -91,7 +91,7 @@ def test_chunked_dashboard_adds_frontier_points_and_sweeps():
     dash.controls["chunk"].value = 2048
     assert len(dash.figures["frontier"].data[0].x) == 2
     dash.sweep()
-    assert len(dash.figures["frontier"].data[0].x) == len(pw.CHUNKS)
+    assert len(dash.figures["frontier"].data[0].x) == len(ex.CHUNKS)
 
 
 def test_disagg_goodput_button():
@@ -109,16 +109,16 @@ def test_update_is_interactive():
 
 
 def test_simulate_is_cached():
-    a = pw.simulate("chat-long", 50, 3.0, mode="chunked", chunk_size=256)
-    b = pw.simulate("chat-long", 50, 3.0, mode="chunked", chunk_size=256)
+    a = ex.simulate("chat-long", 50, 3.0, mode="chunked", chunk_size=256)
+    b = ex.simulate("chat-long", 50, 3.0, mode="chunked", chunk_size=256)
     assert a is b
 
 
 def test_point_percentiles():
-    r = pw.simulate("chat-long", 80, 4.0, mode="chunked", chunk_size=512)
-    p = pw.point(r)
+    r = ex.simulate("chat-long", 80, 4.0, mode="chunked", chunk_size=512)
+    p = ex.point(r)
     assert p["chunk"] == 512 and p["ttft"] > 0 and p["itl"] > 0
-    assert pw.point(r, itl_pct=100)["itl"] >= p["itl"]
+    assert ex.point(r, itl_pct=100)["itl"] >= p["itl"]
 
 
 def test_static_mode_shows_a_snapshot(monkeypatch):
@@ -143,4 +143,4 @@ def test_live_mode_is_a_widget(monkeypatch):
 
 
 def test_progress_yields_every_item():
-    assert list(pw.progress([3, 1, 2], "x")) == [3, 1, 2]
+    assert list(ex.progress([3, 1, 2], "x")) == [3, 1, 2]

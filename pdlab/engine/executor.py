@@ -18,10 +18,10 @@ import time
 import numpy as np
 import torch
 
-from .gcpause import gc_paused
-from .kernels import get_backend, validate
+from ..gcpause import gc_paused
+from ..kernels import get_backend, reserve_wrappers, validate
+from ..request import Batch, Sequence, StepResult
 from .model import AttentionMetadata, Model
-from .request import Batch, Sequence, StepResult
 
 
 def default_device() -> torch.device:
@@ -40,25 +40,10 @@ def _token_ids(seq: Sequence, start: int, end: int) -> list[int]:
     return out
 
 
-def _reserve_numba_wrappers(num_layers: int) -> None:
-    """The Numba backend wraps the KV caches for its launches once and keeps the wrappers in a
-    small FIFO cache (``_numba._WRAP_CACHE_MAX`` entries). An executor launches on up to 4 views
-    per layer (write_kv's [slots, Hkv*D] and the attention kernels' flat view, K and V), so with
-    the default size every launch missed and re-wrapped (tens of microseconds each, 64 per step
-    for 16 layers). Make room for two executors' worth (disaggregated mode on one GPU); entries of
-    executors that are gone still leave first-in, first-out."""
-    try:
-        from .kernels import _numba as nb
-    except Exception:                # numba missing: the backend itself will say so
-        return
-    if hasattr(nb, "_WRAP_CACHE_MAX"):
-        nb._WRAP_CACHE_MAX = max(nb._WRAP_CACHE_MAX, 2 * 4 * num_layers + 8)
-
-
 class ModelExecutor:
     """``run(batch) -> StepResult(seconds, tokens)`` with the real model.
 
-    model       a ``pdlab.model.Model`` (moved to ``device``)
+    model       a ``pdlab.engine.model.Model`` (moved to ``device``)
     num_blocks  KV blocks this executor holds (the BlockManager's count)
     block_size  tokens per block
     backend     "torch" (gather + SDPA) or "numba" (the paged CUDA kernels, or the simulator)
@@ -81,9 +66,11 @@ class ModelExecutor:
                           for _ in range(cfg.num_layers)]
         for k, v in self.kv_caches[:1]:
             validate.check_cache(k, v)
+        self.kv_bytes_per_token = cfg.kv_bytes_per_token()      # what a KV transfer moves per token
         self.check_layers = check_layers
         if backend == "numba":
-            _reserve_numba_wrappers(cfg.num_layers)
+            # up to 4 cache views per layer; room for two executors (disaggregated mode, one GPU)
+            reserve_wrappers(2 * 4 * cfg.num_layers + 8)
         self._pinned: torch.Tensor | None = None       # reused pinned host buffer (GPU)
         self._copy_done = None                         # event: its last copy to the device ended
         self.steps = 0
@@ -270,7 +257,7 @@ class ModelExecutor:
 
 
 def factory(model: Model, backend: str = "torch", device=None):
-    """An ``executor_factory`` for ``pdlab.cluster.run_serving``: one ModelExecutor (and one KV
+    """An ``executor_factory`` for ``pdlab.run.run_serving``: one ModelExecutor (and one KV
     cache) per worker, sharing the model weights."""
 
     def make(worker_name: str, role: str, num_blocks: int, block_size: int) -> ModelExecutor:

@@ -23,17 +23,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-#: Where the trained tiny model lives (``data/tiny`` at the repository root).
-TINY_DIR = Path(__file__).resolve().parent.parent / "data" / "tiny"
-
-
-def _error(msg: str) -> Exception:
-    """pdlab's own error type when the package defines one, else ValueError: a one-line message."""
-    try:
-        from pdlab.errors import PdlabError
-        return PdlabError(msg)
-    except ImportError:
-        return ValueError(msg)
+from ..errors import PdlabError
+from ..models import MODELS, ModelSpec
+from ..paths import TINY as TINY_DIR     # the trained tiny model: data/tiny
 
 
 @dataclass
@@ -87,31 +79,49 @@ class ModelConfig:
         return json.dumps(asdict(self), indent=2)
 
     @classmethod
+    def from_spec(cls, spec: ModelSpec, **overrides) -> "ModelConfig":
+        """The engine's config of a ``pdlab.models`` preset (one description for both clocks)."""
+        if spec.ffn_kind != "swiglu":
+            raise PdlabError(f"model {spec.name}: the engine runs Llama-style (SwiGLU) models, "
+                             f"not a {spec.ffn_kind} FFN; simulate it with the cost model instead")
+        extra = {"full_num_layers": spec.full_layers} if spec.full_layers else {}
+        return cls(**{**dict(name=spec.name, vocab_size=spec.vocab, hidden_size=spec.hidden, num_layers=spec.layers,
+                             num_heads=spec.heads, num_kv_heads=spec.kv_heads, head_dim=spec.head_dim,
+                             ffn_size=spec.ffn, rope_theta=spec.rope_theta, norm_eps=spec.norm_eps,
+                             tie_embeddings=spec.tied_embeddings, dtype=spec.dtype, kv_dtype=spec.kv_dtype,
+                             extra=extra), **overrides})
+
+    def spec(self) -> ModelSpec:
+        """This config as a ``pdlab.models.ModelSpec``: what the cost model needs to time it."""
+        if self.hidden_size != self.num_heads * self.head_dim:
+            raise PdlabError(f"model {self.name}: the cost model needs hidden = heads x head_dim "
+                             f"({self.hidden_size} != {self.num_heads} x {self.head_dim})")
+        full = self.extra.get("full_num_layers")
+        return ModelSpec(self.name, self.num_layers, self.hidden_size, self.num_heads, self.num_kv_heads,
+                         self.ffn_size, self.vocab_size, dtype=self.dtype, kv_dtype=self.kv_dtype,
+                         tied_embeddings=self.tie_embeddings, rope_theta=self.rope_theta, norm_eps=self.norm_eps,
+                         full_layers=full if full and full != self.num_layers else None)
+
+    @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         return cls(**known)
 
 
-#: ``tiny`` is trained (data/tiny); the others are published shapes with seeded random weights,
-#: for realistic GPU timing (tokens are meaningless, step times are real).
+#: The engine's presets, derived from ``pdlab.models``. ``tiny`` is trained (data/tiny); the others
+#: are published shapes with seeded random weights, for realistic GPU timing (tokens are
+#: meaningless, step times are real).
 PRESETS: dict[str, ModelConfig] = {
-    "tiny": ModelConfig(trained=True),
-    # Llama-3.2-1B: 16 layers, 2048 hidden, 32 heads / 8 KV heads of 64, FFN 8192, tied embeddings
-    "llama-3.2-1b": ModelConfig(name="llama-3.2-1b", vocab_size=128256, hidden_size=2048,
-                                num_layers=16, num_heads=32, num_kv_heads=8, head_dim=64,
-                                ffn_size=8192, rope_theta=500000.0, tie_embeddings=True,
-                                dtype="bfloat16", kv_dtype="bfloat16"),
-    # Llama-3-8B shape, 4 of its 32 layers: per-layer timing is the real one, and it fits anywhere
-    "llama-3-8b": ModelConfig(name="llama-3-8b", vocab_size=128256, hidden_size=4096,
-                              num_layers=4, num_heads=32, num_kv_heads=8, head_dim=128,
-                              ffn_size=14336, rope_theta=500000.0, dtype="bfloat16", kv_dtype="bfloat16",
-                              extra={"full_num_layers": 32}),
+    "tiny": replace(ModelConfig.from_spec(MODELS["tiny"]), trained=True),
+    "llama-3.2-1b": ModelConfig.from_spec(MODELS["llama-3.2-1b"]),
+    # 4 of Llama-3-8B's 32 layers: per-layer timing is the real one, and it fits anywhere
+    "llama-3-8b": ModelConfig.from_spec(MODELS["llama-3-8b"].truncated(4)),
 }
 
 
 def preset(name: str, **overrides) -> ModelConfig:
     if name not in PRESETS:
-        raise _error(f"unknown model preset {name!r}; choose from {', '.join(PRESETS)}")
+        raise PdlabError(f"unknown model preset {name!r}; choose from {', '.join(PRESETS)}")
     return replace(PRESETS[name], **overrides)
 
 
@@ -368,18 +378,18 @@ def load(directory: str | Path, device="cpu", dtype: str | None = None) -> Model
     cfg_path, w_path = d / "config.json", d / "model.safetensors"
     for p in (cfg_path, w_path):
         if not p.is_file():
-            raise _error(f"model file not found: {p} (the tiny model ships in data/tiny; "
+            raise PdlabError(f"model file not found: {p} (the tiny model ships in data/tiny; "
                          f"retrain with scripts/train_tiny.py)")
     try:
         cfg = ModelConfig.from_dict(json.loads(cfg_path.read_text()))
     except (ValueError, TypeError) as e:
-        raise _error(f"corrupt model config {cfg_path}: {e}") from None
+        raise PdlabError(f"corrupt model config {cfg_path}: {e}") from None
     if dtype:
         cfg = replace(cfg, dtype=dtype)
     try:
         state = load_file(str(w_path))
     except (SafetensorError, OSError, ValueError) as e:
-        raise _error(f"corrupt weights file {w_path}: {e}") from None
+        raise PdlabError(f"corrupt weights file {w_path}: {e}") from None
     model = Model(cfg)
     if cfg.tie_embeddings:
         state["lm_head.weight"] = state["embed.weight"]
@@ -387,7 +397,7 @@ def load(directory: str | Path, device="cpu", dtype: str | None = None) -> Model
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         first = str(e).strip().splitlines()
-        raise _error(f"weights file {w_path} does not match {cfg_path}: "
+        raise PdlabError(f"weights file {w_path} does not match {cfg_path}: "
                      f"{first[1].strip() if len(first) > 1 else first[0]}") from None
     return model.to(device=device, dtype=cfg.torch_dtype).eval()
 

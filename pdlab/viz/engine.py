@@ -14,12 +14,10 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .costmodel import CostModel, GpuSpec, ModelSpec, arithmetic_intensity, ridge_point
-
-PREFILL, DECODE = "#ff7f0e", "#1f77b4"
-LAYOUT = dict(template="plotly_white", margin=dict(l=60, r=20, t=60, b=50), height=380,
-              legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0),
-              title=dict(font=dict(size=15)))
+from ..hardware import GpuSpec
+from ..models import ModelSpec, arithmetic_intensity
+from ..sim.costmodel import CostModel, ridge_point
+from .style import DECODE, LAYOUT, PREFILL
 
 
 def _fig(widget: bool, fig: go.Figure) -> go.Figure:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from .request import Sequence
+from ..request import Sequence
 
 
 def chain_hashes(token_ids, block_size: int, parent: int = 0) -> tuple[int, ...]:

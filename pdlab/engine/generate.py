@@ -1,7 +1,7 @@
 """``pdlab generate``: stream a story from the tiny trained model through the real paged engine.
 
     pdlab generate "Once upon a time" --max-new-tokens 40
-    python -m pdlab.generate "Once upon a time" --max-new-tokens 40
+    python -m pdlab generate "Once upon a time" --max-new-tokens 40
 
 The prompt is one prefill step; every further token is one decode step over the paged KV cache
 (the same ModelExecutor the serving benchmarks use), so the timing line at the end is the two
@@ -14,8 +14,9 @@ import argparse
 import sys
 import time
 
+from ..errors import PdlabError
+from ..request import Request, Sequence
 from . import tokenizer
-from .request import Batch, Request, Sequence
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,48 +35,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def generate(executor, prompt_ids: list[int], max_new_tokens: int, on_token=None,
-             stop_id: int | None = tokenizer.EOS, block_manager=None) -> tuple[list[int], list[float]]:
-    """Greedy generation of one request through ``executor`` (a ModelExecutor): a prefill step,
-    then decode steps. Blocks come from a BlockManager (``block_manager``, or a fresh one over
-    the executor's cache) as the scheduler would allocate them; they stay allocated afterwards.
-    Returns (output ids, measured seconds of each step)."""
-    from .kv import BlockManager
+             stop_id: int | None = tokenizer.EOS, block_manager=None,
+             blocks_held: list | None = None) -> tuple[list[int], list[float]]:
+    """Greedy generation of one request through ``executor`` (a ModelExecutor) on the serving
+    scheduler: a prefill step, then decode steps, each ``schedule -> run -> postprocess`` exactly as
+    in serving (so the stop token and ``max_new_tokens`` end it the same way). Blocks come from
+    ``block_manager`` (or a fresh one over the executor's cache) and go back to it when the request
+    finishes; ``blocks_held`` (a list) receives the blocks the request held in each step. Returns
+    (output ids, measured seconds of each step)."""
+    from ..serving import BlockManager, ChunkedScheduler
 
     bm = block_manager or BlockManager(executor.num_blocks, executor.block_size)
-    seq = Sequence(Request(0, 0.0, len(prompt_ids), max_new_tokens, tuple(prompt_ids)))
-    step_seconds = []
-    while seq.num_output < max_new_tokens:
-        n = seq.num_tokens - seq.num_computed
-        if not bm.can_allocate(seq, n):
-            raise ValueError(f"KV cache of {executor.num_blocks} blocks is too small for "
-                             f"{seq.num_tokens} tokens")
-        bm.allocate(seq, n)
-        batch = Batch()
-        if seq.num_computed == 0:
-            batch.add_prefill(seq, n)
-        else:
-            batch.add_decode(seq)
+    sched = ChunkedScheduler(bm, max_num_seqs=1, token_budget=float("inf"))
+    req = Request(0, 0.0, len(prompt_ids), max_new_tokens, tuple(prompt_ids),
+                  stop_ids=() if stop_id is None else (stop_id,))
+    seq = Sequence(req)
+    if not sched.add(seq):
+        raise PdlabError(f"KV cache of {executor.num_blocks} blocks is too small: {seq.reject_reason}")
+    step_seconds: list[float] = []
+    now = 0.0
+    while sched.has_work():
+        batch = sched.schedule(now)
+        if not batch:
+            raise PdlabError(f"KV cache of {executor.num_blocks} blocks is too small for {seq.num_tokens} tokens")
         result = executor.run(batch)
+        if blocks_held is not None:
+            blocks_held.append(len(seq.block_table))
+        now += result.seconds
         step_seconds.append(result.seconds)
-        tok = result.tokens[0]
-        seq.num_computed += n
-        seq.num_tokens += 1
-        seq.output_ids.append(tok)
+        sched.postprocess(batch, result, now)
         if on_token is not None:
-            on_token(tok)
-        if tok == stop_id:
-            break
+            on_token(seq.output_ids[-1])
     return seq.output_ids, step_seconds
 
 
 def run(args) -> int:
-    from . import model as M
-    from .model_executor import ModelExecutor
-
-    if args.max_new_tokens < 1:
-        raise M._error(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if args.max_new_tokens < 1:      # checked before torch loads: a typo answers at once
+        raise PdlabError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     if args.block_size < 1:
-        raise M._error(f"--block-size must be >= 1, got {args.block_size}")
+        raise PdlabError(f"--block-size must be >= 1, got {args.block_size}")
+    from . import model as M
+    from .executor import ModelExecutor
     if args.threads >= 1:
         import torch
         torch.set_num_threads(args.threads)
@@ -106,13 +106,3 @@ def run(args) -> int:
               f"prefill of {len(prompt_ids)} tokens {1e3 * secs[0]:.1f} ms, decode {per_tok}]",
               file=sys.stderr)
     return 0
-
-
-def main(argv=None) -> int:
-    """``python -m pdlab.generate ...`` is ``pdlab generate ...``: one parser, one error path."""
-    from .cli import main as cli_main
-    return cli_main(["generate", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -5,25 +5,15 @@ machine"."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import plotly.graph_objects as go
 
-RESULTS = Path(__file__).resolve().parent.parent / "bench" / "results" / "kernels-h200-2026-11-29.json"
+from .style import LAYOUT
+
 # datasheet ceilings (REFERENCES.md): H200 SXM, dense
 H200_FP32_TFLOPS = 67.0
 H200_TENSOR_TFLOPS = 989.0
-LAYOUT = dict(template="plotly_white", margin=dict(l=60, r=20, t=60, b=50), height=400,
-              legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0),
-              title=dict(font=dict(size=15)))
 NUMBA, SDPA, LIVE = "#1f77b4", "#7f7f7f", "#d62728"
-
-
-def load_results(path: str | Path | None = None) -> dict:
-    """The benchmark JSON written by ``bench/kernels.py`` (default: the committed H200 run)."""
-    return json.loads(Path(path or RESULTS).read_text())
 
 
 # ---------------------------------------------------------------------------------------------

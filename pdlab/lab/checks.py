@@ -47,7 +47,7 @@ def check_online_softmax(fn) -> bool:
     every tile size, reading K/V one tile at a time."""
     import torch
 
-    from .kernels import reference
+    from ..kernels import reference
 
     g = torch.Generator().manual_seed(0)
     q, k, v = torch.randn(64, generator=g), torch.randn(50, 64, generator=g), torch.randn(50, 64, generator=g)
@@ -74,7 +74,7 @@ def check_online_softmax(fn) -> bool:
 def check_decode_traffic(fn) -> bool:
     """Ex 2.3: ``fn(batch, context, num_heads, num_kv_heads, head_dim, bytes_per_el)`` ->
     (bytes of K and V read, FLOPs) of one decode step of attention."""
-    from .viz_kernels import decode_traffic
+    from ..viz.kernels import decode_traffic
 
     cases = [(16, 4096, 32, 8, 128, 2), (1, 1000, 8, 8, 64, 2), (64, 1024, 32, 4, 128, 1)]
     for args in cases:
@@ -94,7 +94,7 @@ def check_decode_traffic(fn) -> bool:
 
 def check_kv_bytes_per_token(fn) -> bool:
     """Ex 3.1: ``fn(model: ModelSpec) -> int``: bytes of K and V one token occupies, all layers."""
-    from .costmodel import MODELS
+    from ..models import MODELS
 
     names = ["llama-3-8b", "llama-2-7b", "opt-13b", "llama-2-70b", "tiny"]
     for name in names:
@@ -114,7 +114,7 @@ def check_kv_bytes_per_token(fn) -> bool:
 
 def check_max_decode_batch(fn) -> bool:
     """Ex 3.2: ``fn(cost_model, context) -> int``: sequences of ``context`` tokens whose KV fits."""
-    from .costmodel import CostModel
+    from ..sim import CostModel
 
     cases = [("h100", "llama-3-8b", 4096), ("a100-80gb", "llama-2-7b", 2048), ("l4", "llama-3.2-1b", 8192)]
     for gpu, model, ctx in cases:
@@ -134,8 +134,8 @@ def check_frozen_share(fn) -> bool:
     between two tokens exceeds ``threshold_s``."""
     import numpy as np
 
-    from .viz import max_gaps
-    from .widgets import simulate
+    from ..analysis import max_gaps
+    from .experiments import simulate
 
     r = simulate("chat-long", 120, 6.0, seed=3, mode="aggregated")
     for thr in (0.05, 0.1, 0.2):
@@ -185,7 +185,9 @@ def check_pick_budget(fn) -> bool:
 
 def check_kv_transfer_s(fn) -> bool:
     """Ex 6.1: ``fn(model, prompt_tokens, link_gbps, latency_s) -> seconds`` to move a prompt's KV."""
-    from .costmodel import LINK_LATENCY_S, LINKS_GBPS, MODELS, CostModel
+    from ..hardware import LINK_LATENCY_S, LINKS_GBPS
+    from ..models import MODELS
+    from ..sim import CostModel
 
     cases = [("llama-3-8b", 4096, "nvlink"), ("llama-3-8b", 4096, "eth-25g"), ("opt-13b", 512, "pcie4"),
              ("llama-2-70b", 8192, "ib-ndr")]
@@ -243,7 +245,7 @@ def reference_decode_step_cost(model, batch: int, context: int) -> tuple[float, 
 
 def check_decode_step_cost(fn) -> bool:
     """Ex 1.1: ``fn(model, batch, context) -> (flops, bytes)`` of one decode step."""
-    from .costmodel import MODELS
+    from ..models import MODELS
 
     cases = [("llama-3-8b", 1, 1024), ("llama-3-8b", 64, 1024), ("llama-3.2-1b", 16, 4096), ("opt-13b", 8, 512)]
     for name, b, c in cases:

@@ -1,0 +1,177 @@
+"""The cluster: workers behind a router, KV links between pools, and the discrete-event loop
+that drives them. The loop never asks what a step costs: a worker's executor says (the cost
+model's prediction or a measured run), and virtual time jumps to the end of that step.
+
+Aggregated and chunked modes run ``replicas`` identical workers behind the router.
+Disaggregated mode runs a prefill pool and a decode pool: a sequence is prefilled (its first
+token comes from the prefill worker), waits until a decode worker has room for its KV, crosses
+that worker's inbound ``Link``, then decodes.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+from ..config import ServingConfig
+from ..gcpause import gc_paused
+from ..hardware import parse_link
+from ..request import Batch, Request, Sequence, Status, StepResult
+from .events import Arrival, EventQueue, StepDone, StepLog, StepRecord, TransferDone
+from .kv import BlockManager
+from .link import Link
+from .policies import AggregatedScheduler, ChunkedScheduler, DecodeOnlyScheduler, PrefillOnlyScheduler
+from .router import Router
+from .scheduler import INF
+from .worker import Executor, Worker
+
+#: ``executor_factory(worker name, role, num_blocks, block_size) -> Executor``
+ExecutorFactory = Callable[[str, str, int, int], Executor]
+#: ``on_step(worker, batch, result)``: called as each iteration starts, before ``postprocess``
+StepHook = Callable[[Worker, Batch, StepResult], None]
+
+
+@dataclass
+class RunResult:
+    config: ServingConfig
+    sequences: list[Sequence]
+    workers: list[str]                 # names, indexed by StepRecord.worker
+    roles: list[str]
+    num_blocks: int
+    clock: str = ""                    # where the seconds come from (simulated ... / measured ...)
+    steps: StepLog = field(default_factory=StepLog)
+    transfers: int = 0
+    kv_bytes_moved: int = 0
+    prefix_hit_rate: float | None = None   # prompt tokens served from the prefix cache (when enabled)
+
+    def summary(self, slos=None) -> dict:
+        from ..metrics import summarize
+        out = summarize(self.sequences, slos, gpus=self.config.gpus)
+        out["mode"] = self.config.mode
+        out["gpus"] = self.config.gpus
+        out["preemptions"] = sum(s.num_preemptions for s in self.sequences)
+        if self.prefix_hit_rate is not None:
+            out["prefix_hit_rate"] = self.prefix_hit_rate
+        if self.config.mode == "disaggregated":
+            out["kv_transfers"] = self.transfers
+            out["kv_bytes_moved"] = self.kv_bytes_moved
+        return out
+
+
+class Cluster:
+    def __init__(self, config: ServingConfig, executor_factory: ExecutorFactory, num_blocks: int | None = None,
+                 clock: str = "", on_step: StepHook | None = None):
+        self.config = cfg = config.validate()
+        num_blocks = num_blocks or cfg.num_blocks
+        if not num_blocks:
+            raise ValueError("Cluster needs num_blocks (or config.num_blocks): the KV cache size per worker")
+        self.num_blocks, self.clock, self.on_step = num_blocks, clock, on_step
+        self.workers: list[Worker] = []
+
+        def worker(name, role, sched_cls, inbound=None, **kw):
+            bm = BlockManager(num_blocks, cfg.block_size, cfg.prefix_cache)
+            w = Worker(len(self.workers), name, role, sched_cls(bm, cfg.max_num_seqs, **kw),
+                       executor_factory(name, role, num_blocks, cfg.block_size), inbound)
+            self.workers.append(w)
+            return w
+
+        if cfg.mode == "disaggregated":
+            chunk = cfg.chunk_size or 8192
+            gbps, lat = parse_link(cfg.link)
+            self.prefill = [worker(f"prefill{i}", "prefill", PrefillOnlyScheduler, token_budget=chunk)
+                            for i in range(cfg.prefill_gpus)]
+            self.decode = [worker(f"decode{i}", "decode", DecodeOnlyScheduler,
+                                  inbound=Link(f"link->decode{i}", gbps, lat)) for i in range(cfg.decode_gpus)]
+        else:
+            if cfg.mode == "aggregated":
+                kind, kw = AggregatedScheduler, {"max_batched_tokens": cfg.chunk_size or INF}
+            else:
+                kind, kw = ChunkedScheduler, {"token_budget": cfg.chunk_size or 512}
+            self.prefill = [worker(f"gpu{i}", "mixed", kind, **kw) for i in range(cfg.replicas)]
+            self.decode = []
+        self.router = Router(cfg.router, self.prefill)
+
+    # ---- the event loop -----------------------------------------------------------------------
+    def run(self, requests: Iterable[Request]) -> RunResult:
+        # cycle scans would rescan every token-time list: pausing them saves ~10% of a simulation
+        with gc_paused():
+            return self._run(requests)
+
+    def _run(self, requests: Iterable[Request]) -> RunResult:
+        seqs = sorted((Sequence(r) for r in requests), key=lambda s: (s.arrival, s.id))
+        self.result = res = RunResult(self.config, seqs, [w.name for w in self.workers],
+                                      [w.role for w in self.workers], self.num_blocks, self.clock)
+        self.events = events = EventQueue(seqs)
+        self.pending: deque = deque()       # (seq, prefill worker): KV waiting for decode-side memory
+        while events:
+            now, ev = events.pop()
+            if type(ev) is StepDone:
+                self._step_done(ev, now)
+            elif type(ev) is TransferDone:
+                self._transfer_done(ev, now)
+            else:
+                self._arrive(ev, now)
+        if self.config.prefix_cache:
+            queried = sum(w.sched.bm.queries for w in self.workers)
+            res.prefix_hit_rate = sum(w.sched.bm.hits for w in self.workers) / queried if queried else 0.0
+        return res
+
+    def _start(self, w: Worker, now: float) -> None:
+        step = w.start(now)                                   # schedule -> run
+        if step is not None:
+            if self.on_step is not None:
+                self.on_step(w, step.batch, step.result)
+            self.events.push(now + max(step.result.seconds, 1e-9), step)
+
+    def _arrive(self, ev: Arrival, now: float) -> None:
+        seq = ev.seq
+        reason = self.decode[0].sched.rejects(seq) if self.decode else None
+        if reason is not None:          # it could never finish on a decode worker
+            seq.status = Status.REJECTED
+            seq.reject_reason = reason
+            return
+        w = self.router.pick(seq)
+        if w.sched.add(seq):
+            seq.worker = w.name
+            self._start(w, now)
+
+    def _step_done(self, step: StepDone, now: float) -> None:
+        w = step.worker
+        w.finish(step, now)                                   # postprocess
+        b = step.batch
+        self.result.steps.append(StepRecord(w.index, step.start, now, b.num_prefill_tokens, len(b.decodes),
+                                            w.sched.bm.num_used))
+        if w.role == "prefill":
+            self.pending.extend((seq, w) for seq in w.sched.take_handoffs())
+        if self.decode:
+            self._start_transfers(now)
+        self._start(w, now)
+
+    def _start_transfers(self, now: float) -> None:
+        """Move waiting KV to the decode workers with room, emptiest first; stop at the first
+        sequence that fits nowhere (back-pressure: prefill memory stays held until then)."""
+        pending = self.pending
+        while pending:
+            seq, src = pending[0]
+            for dst in sorted(self.decode, key=lambda d: -d.sched.bm.num_free):
+                table = dst.sched.reserve_for_transfer(seq)
+                if table is not None:
+                    break
+            else:
+                return
+            pending.popleft()
+            seq.transfer_start, end = dst.inbound.send(now, seq.num_computed * dst.executor.kv_bytes_per_token)
+            self.events.push(end, TransferDone(seq, src, dst, table))
+
+    def _transfer_done(self, ev: TransferDone, now: float) -> None:
+        seq, src, dst = ev.seq, ev.src, ev.dst
+        dst.executor.transfer_kv(src.executor, seq.block_table, ev.blocks)
+        src.sched.release(seq)
+        seq.transfer_end = now
+        dst.sched.accept(seq, ev.blocks)
+        self.result.transfers += 1
+        self.result.kv_bytes_moved += seq.num_computed * dst.executor.kv_bytes_per_token
+        self._start(dst, now)
+        self._start_transfers(now)
+        self._start(src, now)

@@ -1,0 +1,21 @@
+"""The simulated GPU: an executor that computes nothing and returns what the cost model predicts."""
+
+from __future__ import annotations
+
+from ..request import Batch, StepResult
+from .costmodel import CostModel
+
+
+class CostModelExecutor:
+    """``run(batch) -> StepResult(seconds)``: the roofline's seconds, no tokens. Stateless, so
+    one serves every worker of a cluster."""
+
+    def __init__(self, cost_model: CostModel):
+        self.cost_model = cost_model
+        self.kv_bytes_per_token = cost_model.model.kv_bytes_per_token
+
+    def run(self, batch: Batch) -> StepResult:
+        return StepResult(self.cost_model.step_time(batch))
+
+    def transfer_kv(self, src, src_blocks, dst_blocks) -> None:
+        """Nothing to move: the simulated KV has no bytes."""

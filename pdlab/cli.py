@@ -5,6 +5,8 @@
     pdlab demo       the three modes side by side, a table here and an HTML report
     pdlab generate   stream text from the tiny model through the paged engine
     pdlab calibrate  fit the cost model to steps measured on this machine
+    pdlab diagnose   which phase is hurting: a trace (simulated) or measured latencies, the symptom table
+    pdlab plan       the best configuration for a workload on N GPUs under SLOs (goodput per GPU)
 
 Bad input gets one line on stderr and exit code 2, never a traceback.
 """
@@ -202,6 +204,58 @@ def cmd_goodput(args) -> int:
     return 0
 
 
+def cmd_diagnose(args) -> int:
+    from .diagnose import observe, render, report
+    from .metrics import SLO
+    slos = [SLO.parse(s) for s in args.slo]
+    cfg = config_from(args)
+    if args.trace_file and (args.trace or args.workload or args.input_len is not None):
+        raise PdlabError("diagnose takes TRACE or --trace/--workload/--input-len, not both")
+    path = args.trace_file or args.trace
+    if path and observe.has_measured_columns(path):
+        obs = observe.read_measured(path)
+        if args.num_requests:
+            raise PdlabError("--num-requests does not apply to measured latencies (they are what was measured)")
+    else:
+        args.trace = path
+        obs = observe.simulate(requests_from(args, args.rate), cfg)
+    rep = report(obs, cfg, slos)
+    if args.html:
+        render.html(rep, obs, args.html)
+    if args.json:
+        print(render.as_json(rep))
+    else:
+        print(render.text(rep))
+        if args.html:
+            print(f"figures: {args.html}")
+    return 0
+
+
+def cmd_plan(args) -> int:
+    from .metrics import SLO
+    from .plan import plan, render_text, space_from_args
+    if not args.slo:
+        raise PdlabError("plan needs at least one --slo METRIC:pNN:SECONDS")
+    if args.num_gpus is None:
+        raise PdlabError("plan needs --num-gpus N (the GPUs to plan for)")
+    slos = [SLO.parse(s) for s in args.slo]
+    args.num_requests = args.num_requests or 1000
+    base = requests_from(args, 1.0)
+    space = space_from_args(args)
+    res = plan(base, space, slos, count=args.count, jobs=args.jobs, dask=args.dask, seed=args.seed,
+               burstiness=args.burstiness, refine_top=args.refine_top)
+    if args.html:
+        from .viz.diagnosis import pareto
+        pareto(res).write_html(args.html, include_plotlyjs="inline")
+    if args.json:
+        print(json.dumps(res, sort_keys=True))
+    else:
+        print(render_text(res))
+        if args.html:
+            print(f"Pareto figure: {args.html}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
     return run_demo(args)
@@ -220,6 +274,24 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
     g = sub.add_parser("goodput", help="highest request rate meeting every SLO")
     add_serving_args(g, rate=False)
     g.set_defaults(func=cmd_goodput)
+    dg = sub.add_parser("diagnose", help="which phase is hurting: evidence and the symptom table for a trace")
+    dg.add_argument("trace_file", nargs="?", default=None, metavar="TRACE",
+                    help="trace CSV/JSONL (simulated on the deployment), a CSV with measured ttft_s/tpot_s, "
+                         "or a vLLM bench serve --save-result --save-detailed JSON")
+    add_serving_args(dg)
+    dg.add_argument("--html", default=None, metavar="FILE", help="also write the report with its figures")
+    dg.set_defaults(func=cmd_diagnose)
+    pl = sub.add_parser("plan", help="search modes, chunk budgets, P:D splits, TP and routers for goodput per GPU")
+    add_serving_args(pl, rate=False)
+    pl.add_argument("--count", choices=["request", "percentile"], default="request",
+                    help="request: the share of requests meeting every SLO at once must reach the SLOs' "
+                         "percentile (DistServe); percentile: each SLO's percentile on its own (default request)")
+    pl.add_argument("--jobs", type=_positive_int("--jobs"), default=None, help="processes (default: every core)")
+    pl.add_argument("--dask", default=None, metavar="ADDRESS", help="run the search on a Dask scheduler")
+    pl.add_argument("--refine-top", type=_positive_int("--refine-top"), default=4,
+                    help="leaders of the coarse search refined on the whole workload (default 4)")
+    pl.add_argument("--html", default=None, metavar="FILE", help="write the Pareto figure")
+    pl.set_defaults(func=cmd_plan)
     d = sub.add_parser("demo", help="the three modes side by side + an HTML report")
     d.add_argument("--out", default="pdlab-demo.html", help="report file (default pdlab-demo.html)")
     d.add_argument("--num-requests", type=_positive_int("--num-requests"), default=600)

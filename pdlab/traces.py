@@ -21,6 +21,8 @@ MOONCAKE_BLOCK = 512   # tokens per hash id in the Mooncake trace
 
 
 def _int_field(row: dict, key: str, where: str) -> int:
+    if key not in row:
+        raise PdlabError(f"{where}: missing '{key}'")
     raw = row.get(key)
     try:
         v = float(raw)
@@ -39,6 +41,12 @@ def _time_field(raw, key: str, where: str, scale: float = 1.0) -> float:
     if not v >= 0 or v == float("inf"):
         raise PdlabError(f"{where}: '{key}' must be a time >= 0, got {raw!r}")
     return v
+
+
+def _check_order(t: float, prev: float, key: str, where: str) -> None:
+    if t < prev:
+        raise PdlabError(f"{where}: '{key}' goes back in time ({t:g} s after {prev:g} s on the line before); "
+                         f"sort the trace by arrival")
 
 
 def read_trace(path: str | Path) -> list[Request]:
@@ -60,7 +68,11 @@ def read_trace(path: str | Path) -> list[Request]:
                     raise PdlabError(f"{where}: not valid JSON ({e.msg})") from None
                 if not isinstance(row, dict):
                     raise PdlabError(f"{where}: expected a JSON object")
+                if "timestamp" not in row:
+                    raise PdlabError(f"{where}: missing 'timestamp'")
                 t = _time_field(row.get("timestamp"), "timestamp", where, 1e-3)
+                if reqs:
+                    _check_order(t, reqs[-1].arrival, "timestamp", where)
                 pin = _int_field(row, "input_length", where)
                 pout = _int_field(row, "output_length", where)
                 hashes = row.get("hash_ids")
@@ -85,6 +97,8 @@ def read_trace(path: str | Path) -> list[Request]:
             if None in row or any(v is None for v in row.values()):
                 raise PdlabError(f"{where}: expected {len(cols)} fields")
             t = _time_field(row["arrived_at"], "arrived_at", where) if timed else -1.0
+            if timed and reqs:
+                _check_order(t, reqs[-1].arrival, "arrived_at", where)
             reqs.append(Request(len(reqs), t, _int_field(row, "num_prefill_tokens", where),
                                 _int_field(row, "num_decode_tokens", where)))
     if not reqs:

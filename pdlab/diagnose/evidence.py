@@ -244,7 +244,7 @@ def queueing(obs: Observation, cm: CostModel) -> dict:
     unloaded = cm.prefill_time(int(np.percentile(obs.prompt_len, 90)))
     out = {"ttft": _pcts(obs.ttft), "unloaded_ttft_p90_s": unloaded, "queue_share": None,
            "ttft_vs_prompt_rho": None, "queue_estimated": obs.queue is None}
-    if ok.sum() >= 3:
+    if ok.sum() >= 2:
         t, p = obs.ttft[ok], obs.prompt_len[ok]
         if obs.queue is not None:
             q = obs.queue[ok]

@@ -19,6 +19,7 @@ from dataclasses import replace
 from .errors import PdlabError
 
 EXIT_USAGE = 2
+DEFAULT_RATE = 4.0          # req/s where neither --rate nor a trace's timestamps give one
 
 
 class UsageError(PdlabError):
@@ -116,7 +117,10 @@ def requests_from(args, rate: float | None):
         if n is not None:
             reqs = reqs[:n]
         if rate is not None or not traces.has_arrivals(reqs):
-            reqs = wl.with_rate(reqs, rate or 4.0, args.seed, args.burstiness)
+            if rate is None:    # a deliberate lengths-only CSV: say that the arrivals are ours
+                print(f"pdlab: note: {args.trace} has no arrived_at column: arrivals are generated "
+                      f"at {DEFAULT_RATE:g} req/s (seed {args.seed}); --rate sets the rate", file=sys.stderr)
+            reqs = wl.with_rate(reqs, rate or DEFAULT_RATE, args.seed, args.burstiness)
         else:
             t0 = reqs[0].arrival
             reqs = [replace(r, arrival=r.arrival - t0) for r in reqs]
@@ -125,7 +129,7 @@ def requests_from(args, rate: float | None):
         lengths = wl.Lengths("fixed", a=args.input_len, b=args.output_len)
     else:
         lengths = wl.preset_lengths(args.workload or "sharegpt")
-    return wl.make_requests(n or 1000, rate or 4.0, lengths, args.seed, args.burstiness)
+    return wl.make_requests(n or 1000, rate or DEFAULT_RATE, lengths, args.seed, args.burstiness)
 
 
 def cmd_simulate(args) -> int:
@@ -208,7 +212,9 @@ def cmd_demo(args) -> int:
 
 
 def build_parser(argv=None) -> argparse.ArgumentParser:
+    from . import __version__
     p = _Parser(prog="pdlab", description="Prefill/decode serving lab kit")
+    p.add_argument("--version", action="version", version=f"pdlab {__version__}")
     sub = p.add_subparsers(dest="cmd", parser_class=_Parser)
     s = sub.add_parser("simulate", help="serve a workload with one mode")
     add_serving_args(s)

@@ -74,6 +74,8 @@ def add_serving_args(p: argparse.ArgumentParser, rate: bool = True) -> None:
     g.add_argument("--router", default="least-loaded", help="least-loaded | round-robin")
     g.add_argument("--prefix-cache", action="store_true", help="reuse KV of shared prompt prefixes")
     g.add_argument("--profile", default=None, help="calibrated cost-model profile (JSON from pdlab calibrate)")
+    g.add_argument("--exact-steps", action="store_true",
+                   help="simulate every decode sequence by sequence (slower; same results)")
     w = p.add_argument_group("workload")
     if rate:
         w.add_argument("--rate", type=_positive_float("--rate"), default=None,
@@ -99,7 +101,8 @@ def config_from(args):
                          prefill_gpus=args.prefill_gpus, decode_gpus=args.decode_gpus,
                          chunk_size=args.chunk_size, max_num_seqs=args.max_num_seqs,
                          block_size=args.block_size, num_blocks=args.num_blocks, link=args.link,
-                         router=args.router, prefix_cache=args.prefix_cache, profile=args.profile).validate()
+                         router=args.router, prefix_cache=args.prefix_cache, profile=args.profile,
+                         exact_steps=args.exact_steps).validate()
 
 
 def requests_from(args, rate: float | None):

@@ -30,6 +30,7 @@ class ServingConfig:
     router: str = "least-loaded"
     prefix_cache: bool = False
     profile: str | None = None         # calibrated efficiency JSON (pdlab calibrate)
+    exact_steps: bool = False          # simulate every decode sequence by sequence (the reference path)
 
     def validate(self) -> "ServingConfig":
         if self.mode not in MODES:

@@ -91,6 +91,10 @@ class Cluster:
             self.prefill = [worker(f"gpu{i}", "mixed", kind, **kw) for i in range(cfg.replicas)]
             self.decode = []
         self.router = Router(cfg.router, self.prefill)
+        # steady decodes as aggregates, where the clock reads only batch totals (exact either way)
+        lazy = not cfg.exact_steps and on_step is None
+        for w in self.workers:
+            w.sched.lazy = lazy and getattr(w.executor, "lazy_decodes", False)
 
     # ---- the event loop -----------------------------------------------------------------------
     def run(self, requests: Iterable[Request]) -> RunResult:
@@ -140,7 +144,7 @@ class Cluster:
         w = step.worker
         w.finish(step, now)                                   # postprocess
         b = step.batch
-        self.result.steps.append(StepRecord(w.index, step.start, now, b.num_prefill_tokens, len(b.decodes),
+        self.result.steps.append(StepRecord(w.index, step.start, now, b.num_prefill_tokens, b.num_decode_tokens,
                                             w.sched.bm.num_used))
         if w.role == "prefill":
             self.pending.extend((seq, w) for seq in w.sched.take_handoffs())

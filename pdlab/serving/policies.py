@@ -134,4 +134,6 @@ class DecodeOnlyScheduler(ChunkedScheduler):
         """The KV has arrived: ``seq`` joins the running decodes."""
         seq.block_table = block_table
         seq.status = Status.RUNNING
-        self.running.append(seq)
+        self._add_running(seq)
+        if self._formed:
+            self.group.join(seq)

@@ -146,16 +146,17 @@ class CostModel:
         """The batch's totals, read once (the scheduler filled ``num_prefill_tokens`` and
         ``decode_context`` while building it)."""
         prefill_ctx = prefill_pairs = 0
-        n_sampled = len(batch.decodes)
+        n_dec = len(batch.decodes) + batch.group_decodes
+        n_sampled = n_dec
         for seq, n in batch.prefills:
             c = seq.num_computed                     # context already in the cache
             prefill_pairs += n * c + n * (n + 1) // 2  # causal query x key pairs
             prefill_ctx += c + n
             n_sampled += c + n == seq.num_tokens
         n_chunks = len(batch.prefills)
-        return StepShape(batch.num_prefill_tokens + len(batch.decodes), n_sampled, n_chunks + len(batch.decodes),
+        return StepShape(batch.num_prefill_tokens + n_dec, n_sampled, n_chunks + n_dec,
                          prefill_pairs, prefill_ctx, batch.num_prefill_tokens, batch.decode_context, n_chunks,
-                         bool(n_chunks and batch.decodes))
+                         bool(n_chunks and n_dec))
 
     def step_time(self, batch: Batch) -> float:
         """Seconds for one iteration running ``batch``."""

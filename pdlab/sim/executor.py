@@ -8,7 +8,10 @@ from .costmodel import CostModel
 
 class CostModelExecutor:
     """``run(batch) -> StepResult(seconds)``: the roofline's seconds, no tokens. Stateless, so
-    one serves every worker of a cluster."""
+    one serves every worker of a cluster. It reads only a batch's totals, so the loop may hand it
+    a worker's steady decodes as a count (``Batch.group_decodes``) instead of a list."""
+
+    lazy_decodes = True
 
     def __init__(self, cost_model: CostModel):
         self.cost_model = cost_model

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from itertools import chain
 from typing import Callable, Iterable
 
 import numpy as np
@@ -69,8 +68,7 @@ def per_request(seqs: Iterable[Sequence]) -> dict[str, np.ndarray]:
                 "itl_owner": np.zeros(0, dtype=np.int64), "n_out": n_out}
     done = [seqs[i] for i in idx]
     idx = np.asarray(idx)
-    lens = np.fromiter((len(s.token_times) for s in done), np.int64, len(done))
-    times = np.fromiter(chain.from_iterable(s.token_times for s in done), float, int(lens.sum()))
+    times, lens = token_times(done)
     last = np.cumsum(lens) - 1                 # index of each request's last token in ``times``
     first = last - lens + 1
     arrival = np.fromiter((s.request.arrival for s in done), float, len(done))
@@ -88,6 +86,47 @@ def per_request(seqs: Iterable[Sequence]) -> dict[str, np.ndarray]:
     owner = np.repeat(idx, lens - 1)
     return {"ttft": ttft, "tpot": tpot, "e2e": e2e, "queue": queue, "itl": gaps[keep], "itl_owner": owner,
             "n_out": n_out}
+
+
+def token_times(seqs: list[Sequence]) -> tuple[np.ndarray, np.ndarray]:
+    """Every token time of ``seqs``, concatenated in order, and how many each has. Reads the
+    stored pieces (single times, slices of a worker's step times) without building a list per
+    sequence."""
+    pools: dict[int, tuple[int, object]] = {}   # id(step-time array) -> (offset, array)
+    singles: list[float] = []
+    starts: list[int] = []                      # per piece: start in the pool (singles: negative)
+    counts: list[int] = []
+    lens = np.zeros(len(seqs), dtype=np.int64)
+    off = 0
+    for i, s in enumerate(seqs):
+        n = 0
+        for p in s._times:
+            if type(p) is tuple:
+                arr, a, b = p
+                got = pools.get(id(arr))
+                if got is None:
+                    got = pools[id(arr)] = (off, arr)
+                    off += len(arr)
+                starts.append(got[0] + a)
+                counts.append(b - a)
+                n += b - a
+            else:
+                starts.append(-1 - len(singles))
+                singles.append(p)
+                counts.append(1)
+                n += 1
+        lens[i] = n
+    if not pools:
+        return np.asarray(singles, dtype=float), lens
+    pool = np.concatenate([np.asarray(arr, dtype=float) for _, arr in pools.values()]
+                          + [np.asarray(singles, dtype=float)])
+    st = np.asarray(starts, dtype=np.int64)
+    st = np.where(st < 0, off - 1 - st, st)      # singles sit after the step-time arrays
+    cnt = np.asarray(counts, dtype=np.int64)
+    total = int(cnt.sum())
+    first = np.cumsum(cnt) - cnt                 # where each piece starts in the output
+    idx = np.repeat(st - first, cnt) + np.arange(total)
+    return pool[idx], lens
 
 
 def stats(x: np.ndarray) -> dict:

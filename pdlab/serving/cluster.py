@@ -121,12 +121,42 @@ class Cluster:
             res.prefix_hit_rate = sum(w.sched.bm.hits for w in self.workers) / queried if queried else 0.0
         return res
 
-    def _start(self, w: Worker, now: float) -> None:
+    def _start(self, w: Worker, now: float, last: bool = False) -> None:
+        """``last``: nothing else happens at ``now`` after this call (a steady worker may then run
+        ahead, see ``_run_ahead``)."""
+        if last and w.sched.lazy and not w.busy and not self.pending:
+            self._run_ahead(w, now)
+            return
         step = w.start(now)                                   # schedule -> run
         if step is not None:
             if self.on_step is not None:
                 self.on_step(w, step.batch, step.result)
             self.events.push(now + max(step.result.seconds, 1e-9), step)
+
+    def _run_ahead(self, w: Worker, now: float) -> None:
+        """Fast-forward a worker whose iterations are its decode group alone: an iteration that
+        would end before any other event (and finishes nobody) would be the very next event the
+        loop pops, and its StepDone changes nothing but this worker's group; so run it here, in
+        place, and go on. The first iteration that ends later, finishes a sequence, or is not
+        steady is pushed as an ordinary StepDone. The per-iteration record is unchanged."""
+        sched, g, bm, ex = w.sched, w.sched.group, w.sched.bm, w.executor
+        steps, idx = self.result.steps, w.index
+        t_heap, t_arrival = self.events.next_times()
+        while True:
+            n = sched.steady_decode()
+            if not n:
+                break
+            end = now + max(ex.decode_seconds(n, g.ctx), 1e-9)
+            if end >= t_heap or end >= t_arrival or (g.step + 1) in g.finish:
+                batch = Batch(group_decodes=n, decode_context=g.ctx)
+                g.inflight = True
+                w.busy = True
+                self.events.push(end, StepDone(w, batch, StepResult(end - now), now))
+                return
+            g.advance(n, end)                                 # the postprocess of that iteration
+            steps.append(StepRecord(idx, now, end, 0, n, bm.num_used))
+            now = end
+        self._start(w, now)
 
     def _arrive(self, ev: Arrival, now: float) -> None:
         seq = ev.seq
@@ -138,7 +168,7 @@ class Cluster:
         w = self.router.pick(seq)
         if w.sched.add(seq):
             seq.worker = w.name
-            self._start(w, now)
+            self._start(w, now, last=True)
 
     def _step_done(self, step: StepDone, now: float) -> None:
         w = step.worker
@@ -150,7 +180,7 @@ class Cluster:
             self.pending.extend((seq, w) for seq in w.sched.take_handoffs())
         if self.decode:
             self._start_transfers(now)
-        self._start(w, now)
+        self._start(w, now, last=True)
 
     def _start_transfers(self, now: float) -> None:
         """Move waiting KV to the decode workers with room, emptiest first; stop at the first

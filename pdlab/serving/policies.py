@@ -49,6 +49,7 @@ class ChunkedScheduler(Scheduler):
         if not token_budget >= 1:
             raise ValueError(f"token budget (chunk size) must be >= 1, got {token_budget}")
         self.token_budget = token_budget
+        self.decode_budget = token_budget
 
     def schedule(self, now: float) -> Batch:
         batch = Batch()

@@ -210,6 +210,22 @@ class Scheduler:
         batch.decode_context += ctx
         return prefilling, budget
 
+    decode_budget: float = INF      # tokens the decodes of one iteration may use (chunked: its budget)
+
+    def steady_decode(self) -> int:
+        """If the next iteration is this worker's decode group alone (no prompt waiting or
+        part-way, every decode sure of a block), schedule it exactly as ``schedule`` would: open
+        the blocks its tokens need and return its number of decodes (their context is
+        ``group.ctx``). Otherwise return 0 and change nothing."""
+        g = self.group
+        if not (self._formed and g.n and not self.waiting and not self.prefilling):
+            return 0
+        n = len(self.running)
+        if self.decode_budget < n or self.bm.num_free < n:
+            return 0
+        g.open_blocks(self.bm)
+        return g.n
+
     def _form_group(self) -> None:
         g, pre = self.group, []
         for seq in self.running:

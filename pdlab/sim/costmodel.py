@@ -182,6 +182,31 @@ class CostModel:
             t += 2 * m.layers * (2 * (self.tp - 1) / self.tp * act / (self.gpu.link_gbps * 1e9) + 5e-6)
         return t
 
+    def decode_step_time(self, n: int, context: int) -> float:
+        """``time_for`` of a step of ``n`` decodes over ``context`` KV tokens and nothing else,
+        term for term the same floating-point operations (the simulator's fast-forward calls it
+        once per steady iteration; a test checks it equals ``time_for`` bit for bit)."""
+        c = self.__dict__.get("_dc")
+        if c is None or c[0] != n:
+            m, e = self.model, self.eff
+            layer_flops, head_flops, weight_bytes, per_pair, kv_tok, peak, bw = self._consts()
+            t_linear = max((n * layer_flops + n * head_flops) / (peak * e.mfu), weight_bytes / bw)
+            tp_s = 0.0
+            if self.tp > 1:
+                act = n * m.hidden * m.dtype_bytes
+                tp_s = 2 * m.layers * (2 * (self.tp - 1) / self.tp * act / (self.gpu.link_gbps * 1e9) + 5e-6)
+            c = self.__dict__["_dc"] = (n, t_linear, per_pair, peak * e.attn_eff, kv_tok, bw, e.step_overhead_s,
+                                        e.seq_overhead_s * n, e.prefill_overhead_s * 0, self.tp > 1, tp_s)
+        _, t_linear, per_pair, attn_peak, kv_tok, bw, step_s, seqs_s, chunks_s, tp, tp_s = c
+        if context:
+            t_attn = max(per_pair * context / attn_peak, kv_tok * context / bw)
+        else:
+            t_attn = 0.0
+        t = t_linear + t_attn + step_s + seqs_s + chunks_s + 0.0
+        if tp:
+            t += tp_s
+        return t
+
     def prefill_time(self, tokens: int, context: int = 0) -> float:
         """One prefill of ``tokens`` new tokens after ``context`` cached ones, alone in a step."""
         return self.time_for(StepShape.prefill(tokens, context))

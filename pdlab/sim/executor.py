@@ -20,5 +20,9 @@ class CostModelExecutor:
     def run(self, batch: Batch) -> StepResult:
         return StepResult(self.cost_model.step_time(batch))
 
+    def decode_seconds(self, n: int, context: int) -> float:
+        """``run``'s seconds for a batch of ``n`` decodes over ``context`` KV tokens, nothing else."""
+        return self.cost_model.decode_step_time(n, context)
+
     def transfer_kv(self, src, src_blocks, dst_blocks) -> None:
         """Nothing to move: the simulated KV has no bytes."""

@@ -256,6 +256,9 @@ def main(argv=None) -> int:
         return EXIT_USAGE
     except BrokenPipeError:
         return 0
+    except KeyboardInterrupt:
+        print("pdlab: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

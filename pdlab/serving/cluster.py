@@ -26,6 +26,9 @@ from .router import Router
 from .scheduler import INF
 from .worker import Executor, Worker
 
+#: runs with at least this many requests may show a progress bar
+PROGRESS_MIN_REQUESTS = 20_000
+
 #: ``executor_factory(worker name, role, num_blocks, block_size) -> Executor``
 ExecutorFactory = Callable[[str, str, int, int], Executor]
 #: ``on_step(worker, batch, result)``: called as each iteration starts, before ``postprocess``
@@ -57,6 +60,11 @@ class RunResult:
             out["kv_transfers"] = self.transfers
             out["kv_bytes_moved"] = self.kv_bytes_moved
         return out
+
+
+def _bar(total: int):
+    from ..progress import bar
+    return bar(total, desc="simulate", unit="req")
 
 
 class Cluster:
@@ -108,14 +116,25 @@ class Cluster:
                                       [w.role for w in self.workers], self.num_blocks, self.clock)
         self.events = events = EventQueue(seqs)
         self.pending: deque = deque()       # (seq, prefill worker): KV waiting for decode-side memory
-        while events:
-            now, ev = events.pop()
-            if type(ev) is StepDone:
-                self._step_done(ev, now)
-            elif type(ev) is TransferDone:
-                self._transfer_done(ev, now)
-            else:
-                self._arrive(ev, now)
+        # a bar on stderr for long runs (it shows after 2 s; requests arrived so far)
+        bar = _bar(len(seqs)) if len(seqs) >= PROGRESS_MIN_REQUESTS else None
+        shown, tick = 0, 0
+        try:
+            while events:
+                now, ev = events.pop()
+                if type(ev) is StepDone:
+                    self._step_done(ev, now)
+                elif type(ev) is TransferDone:
+                    self._transfer_done(ev, now)
+                else:
+                    self._arrive(ev, now)
+                tick += 1
+                if bar is not None and not tick & 4095:
+                    bar.update(events._next - shown)
+                    shown = events._next
+        finally:
+            if bar is not None:
+                bar.close()
         if self.config.prefix_cache:
             queried = sum(w.sched.bm.queries for w in self.workers)
             res.prefix_hit_rate = sum(w.sched.bm.hits for w in self.workers) / queried if queried else 0.0

@@ -105,3 +105,25 @@ def test_simulate_with_the_real_engine_gives_the_same_json(capsys):
     d = json.loads(out)
     assert KEYS <= d.keys() and d["completed"] == 4 and d["clock"].startswith("measured")
     assert d["output_tokens"] == 24
+
+
+def test_simulate_imports_no_heavy_module_and_ctrl_c_is_one_line(tmp_path):
+    """``pdlab simulate`` starts fast (no torch, numba or plotly) and Ctrl-C ends it with one
+    line on stderr and exit code 130."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    code = ("import sys; from pdlab.cli import main; main(['simulate', '--num-requests', '20', '--json']); "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'numba', 'plotly', 'scipy'}))")
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
+    p = subprocess.Popen([sys.executable, "-m", "pdlab", "simulate", "--num-requests", "300000", "--json"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    time.sleep(3)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err
+    assert err.strip() == "pdlab: interrupted" and out == ""

@@ -175,28 +175,35 @@ def engine_setup(args, cfg, reqs):
     return factory(model, backend=args.backend, device=device), clock, name, reqs
 
 
-def cmd_goodput(args) -> int:
-    from .metrics import SLO, goodput_search, summarize
+def _goodput_point(job) -> bool:
+    """Whether every SLO holds at one rate (module level: it runs on other processes or Dask)."""
+    from .metrics import summarize
     from .run import run_serving
     from .workload import with_rate
+    base, rate, cfg, slos, seed, burstiness = job
+    res = run_serving(with_rate(base, rate, seed, burstiness), cfg)
+    return summarize(res.sequences, slos, cfg.gpus)["slo_attainment"]["all_met"]
+
+
+def cmd_goodput(args) -> int:
+    from . import sweep
+    from .metrics import SLO, goodput_search_parallel
     if not args.slo:
         raise PdlabError("goodput needs at least one --slo METRIC:pNN:SECONDS")
     slos = [SLO.parse(s) for s in args.slo]
     cfg = config_from(args)
     args.num_requests = args.num_requests or 500
     base = requests_from(args, 1.0)
-    cache = {}
-
-    def meets(rate):
-        res = run_serving(with_rate(base, rate, args.seed, args.burstiness), cfg)
-        s = summarize(res.sequences, slos, cfg.gpus)
-        cache[rate] = s
-        return s["slo_attainment"]["all_met"]
-
-    g = goodput_search(meets, start=1.0)
+    jobs = sweep.check_jobs(args.jobs)
+    # the rates the search may ask next are simulated together, one per core; the answer is the
+    # sequential search's whatever the number of jobs
+    with sweep.mapper(jobs if args.dask is None else 1, args.dask) as run_all:
+        def meets_many(rates):
+            return run_all(_goodput_point, [(base, r, cfg, slos, args.seed, args.burstiness) for r in rates])
+        g, asked = goodput_search_parallel(meets_many, width=jobs, start=1.0)
     out = {"goodput_rps": g, "goodput_rps_per_gpu": g / cfg.gpus, "gpus": cfg.gpus, "mode": cfg.mode,
            "model": cfg.model, "gpu": cfg.gpu, "slos": [str(s) for s in slos], "num_requests": len(base),
-           "rates_tried": len(cache), "clock": f"simulated (cost model: {cfg.gpu}, {cfg.model})"}
+           "rates_tried": len(set(asked)), "clock": f"simulated (cost model: {cfg.gpu}, {cfg.model})"}
     if args.json:
         print(json.dumps(out, sort_keys=True))
     else:
@@ -222,6 +229,10 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_simulate)
     g = sub.add_parser("goodput", help="highest request rate meeting every SLO")
     add_serving_args(g, rate=False)
+    g.add_argument("--jobs", type=_positive_int("--jobs"), default=None,
+                   help="simulations at a time: processes here, or tasks on the --dask cluster (default: every core)")
+    g.add_argument("--dask", default=None, metavar="ADDRESS",
+                   help="run the simulations on a Dask cluster (scheduler address; pdlab[dask])")
     g.set_defaults(func=cmd_goodput)
     d = sub.add_parser("demo", help="the three modes side by side + an HTML report")
     d.add_argument("--out", default="pdlab-demo.html", help="report file (default pdlab-demo.html)")

@@ -211,6 +211,56 @@ def _summarize(seqs: list[Sequence], slos: list[SLO] | None, gpus: int) -> dict:
     return out
 
 
+class _Unknown(Exception):
+    def __init__(self, rate: float):
+        self.rate = rate
+
+
+def goodput_search_parallel(meets_many: Callable[[list[float]], list[bool]], width: int = 1,
+                            **kw) -> tuple[float, list[float]]:
+    """``goodput_search`` evaluating up to ``width`` rates per round: the rates the sequential
+    search may ask next (its decision tree, breadth first, from what is known so far) are
+    evaluated together by ``meets_many``, and the sequential search is replayed on the answers.
+    The result is the sequential one whatever ``width`` is. Returns (goodput, the rates the
+    sequential search asked, in order)."""
+    known: dict[float, bool] = {}
+
+    def replay(assumed: dict) -> tuple[float | None, float | None, list[float]]:
+        """(result, None, path) if the search completes on known + assumed answers, else
+        (None, first unknown rate, path)."""
+        path: list[float] = []
+
+        def meets(rate):
+            path.append(rate)
+            if rate in known:
+                return known[rate]
+            if rate in assumed:
+                return assumed[rate]
+            raise _Unknown(rate)
+        try:
+            return goodput_search(meets, **kw), None, path
+        except _Unknown as u:
+            return None, u.rate, path
+
+    while True:
+        result, rate, path = replay({})
+        if rate is None:
+            return result, path
+        batch, frontier = [rate], [({}, rate)]
+        while frontier and len(batch) < width:          # breadth first over assumed outcomes
+            nxt = []
+            for assumed, r in frontier:
+                for outcome in (True, False):
+                    a = {**assumed, r: outcome}
+                    r2 = replay(a)[1]
+                    if r2 is not None and r2 not in batch and len(batch) < width:
+                        batch.append(r2)
+                        nxt.append((a, r2))
+            frontier = nxt
+        for r, ok in zip(batch, meets_many(batch)):
+            known[r] = ok
+
+
 def goodput_search(meets: Callable[[float], bool], start: float = 1.0, rel_tol: float = 0.02,
                    max_rate: float = 1e5, max_iter: int = 40) -> float:
     """Highest rate with ``meets(rate)`` true, assuming it holds below some threshold:

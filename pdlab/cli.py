@@ -96,6 +96,8 @@ def add_serving_args(p: argparse.ArgumentParser, rate: bool = True) -> None:
     g.add_argument("--router", default="least-loaded", help="least-loaded | round-robin")
     g.add_argument("--prefix-cache", action="store_true", help="reuse KV of shared prompt prefixes")
     g.add_argument("--profile", default=None, help="calibrated cost-model profile (JSON from pdlab calibrate)")
+    g.add_argument("--exact-steps", action="store_true",
+                   help="simulate every decode sequence by sequence (slower; same results)")
     w = p.add_argument_group("workload")
     if rate:
         w.add_argument("--rate", type=_positive_float("--rate"), default=None,
@@ -123,7 +125,8 @@ def config_from(args):
                          block_size=args.block_size, num_blocks=args.num_blocks, link=args.link,
                          router=args.router, prefix_cache=args.prefix_cache, profile=args.profile,
                          prefill_tp=args.prefill_tp, decode_tp=args.decode_tp,
-                         first_token_from=args.first_token_from, proxy_overhead_s=args.proxy_overhead).validate()
+                         first_token_from=args.first_token_from, proxy_overhead_s=args.proxy_overhead,
+                         exact_steps=args.exact_steps).validate()
 
 
 def requests_from(args, rate: float | None):
@@ -206,28 +209,35 @@ def engine_setup(args, cfg, reqs):
     return factory(model, backend=args.backend, device=device), clock, name, reqs
 
 
-def cmd_goodput(args) -> int:
-    from .metrics import SLO, goodput_search, summarize
+def _goodput_point(job) -> bool:
+    """Whether every SLO holds at one rate (module level: it runs on other processes or Dask)."""
+    from .metrics import summarize
     from .run import run_serving
     from .workload import with_rate
+    base, rate, cfg, slos, seed, burstiness = job
+    res = run_serving(with_rate(base, rate, seed, burstiness), cfg)
+    return summarize(res.sequences, slos, cfg.gpus)["slo_attainment"]["all_met"]
+
+
+def cmd_goodput(args) -> int:
+    from . import sweep
+    from .metrics import SLO, goodput_search_parallel
     if not args.slo:
         raise PdlabError("goodput needs at least one --slo METRIC:pNN:SECONDS")
     slos = [SLO.parse(s) for s in args.slo]
     cfg = config_from(args)
     args.num_requests = args.num_requests or 500
     base = requests_from(args, 1.0)
-    cache = {}
-
-    def meets(rate):
-        res = run_serving(with_rate(base, rate, args.seed, args.burstiness), cfg)
-        s = summarize(res.sequences, slos, cfg.gpus)
-        cache[rate] = s
-        return s["slo_attainment"]["all_met"]
-
-    g = goodput_search(meets, start=1.0)
+    jobs = sweep.check_jobs(args.jobs)
+    # the rates the search may ask next are simulated together, one per core; the answer is the
+    # sequential search's whatever the number of jobs
+    with sweep.mapper(jobs if args.dask is None else 1, args.dask) as run_all:
+        def meets_many(rates):
+            return run_all(_goodput_point, [(base, r, cfg, slos, args.seed, args.burstiness) for r in rates])
+        g, asked = goodput_search_parallel(meets_many, width=jobs, start=1.0)
     out = {"goodput_rps": g, "goodput_rps_per_gpu": g / cfg.gpus, "gpus": cfg.gpus, "mode": cfg.mode,
            "model": cfg.model, "gpu": cfg.gpu, "slos": [str(s) for s in slos], "num_requests": len(base),
-           "rates_tried": len(cache), "clock": f"simulated (cost model: {cfg.gpu}, {cfg.model})"}
+           "rates_tried": len(set(asked)), "clock": f"simulated (cost model: {cfg.gpu}, {cfg.model})"}
     if args.json:
         print(json.dumps(out, sort_keys=True))
     else:
@@ -255,6 +265,10 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_simulate)
     g = sub.add_parser("goodput", help="highest request rate meeting every SLO")
     add_serving_args(g, rate=False)
+    g.add_argument("--jobs", type=_positive_int("--jobs"), default=None,
+                   help="simulations at a time: processes here, or tasks on the --dask cluster (default: every core)")
+    g.add_argument("--dask", default=None, metavar="ADDRESS",
+                   help="run the simulations on a Dask cluster (scheduler address; pdlab[dask])")
     g.set_defaults(func=cmd_goodput)
     d = sub.add_parser("demo", help="the three modes side by side + an HTML report")
     d.add_argument("--out", default="pdlab-demo.html", help="report file (default pdlab-demo.html)")
@@ -289,6 +303,9 @@ def main(argv=None) -> int:
         return EXIT_USAGE
     except BrokenPipeError:
         return 0
+    except KeyboardInterrupt:
+        print("pdlab: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -15,7 +15,14 @@ def enabled() -> bool:
 
 
 def _in_notebook() -> bool:
-    return "ipykernel" in sys.modules
+    # ipykernel may be imported without running a kernel (e.g. by a pytest plugin)
+    if "ipykernel" not in sys.modules:
+        return False
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    return getattr(get_ipython(), "kernel", None) is not None
 
 
 def progress(iterable: Iterable, total: int | None = None, desc: str | None = None,

@@ -57,6 +57,18 @@ def _positive_float(name):
     return parse
 
 
+def _nonneg_float(name):
+    def parse(text):
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got '{text}'") from None
+        if not v >= 0 or v == float("inf"):
+            raise argparse.ArgumentTypeError(f"{name} must be >= 0, got {text}")
+        return v
+    return parse
+
+
 def add_serving_args(p: argparse.ArgumentParser, rate: bool = True) -> None:
     g = p.add_argument_group("serving")
     g.add_argument("--mode", default="chunked", help="aggregated | chunked | disaggregated (default chunked)")
@@ -69,6 +81,15 @@ def add_serving_args(p: argparse.ArgumentParser, rate: bool = True) -> None:
     g.add_argument("--decode-gpus", type=_positive_int("--decode-gpus"), default=None,
                    help="disaggregated: replicas in the decode pool (default 1)")
     g.add_argument("--tp", type=_positive_int("--tp"), default=1, help="tensor parallelism per replica")
+    g.add_argument("--prefill-tp", type=_positive_int("--prefill-tp"), default=None,
+                   help="disaggregated: tensor parallelism of each prefill replica (default --tp)")
+    g.add_argument("--decode-tp", type=_positive_int("--decode-tp"), default=None,
+                   help="disaggregated: tensor parallelism of each decode replica (default --tp)")
+    g.add_argument("--first-token-from", default="prefill", metavar="prefill|decode",
+                   help="disaggregated: the prefill instance streams the first token (DistServe, default) or "
+                        "the decode instance returns it after the KV transfer (vLLM/SGLang P/D proxies)")
+    g.add_argument("--proxy-overhead", type=_nonneg_float("--proxy-overhead"), default=0.0, metavar="SECONDS",
+                   help="disaggregated: proxy round trips between a prefill finishing and its decode starting")
     g.add_argument("--link", default="nvlink", help="KV link: nvlink pcie4 pcie5 ib-ndr eth-100g eth-25g, or GB/s")
     g.add_argument("--chunk-size", type=_positive_int("--chunk-size"), default=None,
                    help="token budget per iteration (chunked, default 512) or prefill chunk (disaggregated)")
@@ -123,7 +144,9 @@ def config_from(args):
                          prefill_gpus=prefill_gpus, decode_gpus=decode_gpus,
                          chunk_size=args.chunk_size, max_num_seqs=args.max_num_seqs,
                          block_size=args.block_size, num_blocks=args.num_blocks, link=args.link,
-                         router=args.router, prefix_cache=args.prefix_cache, profile=args.profile).validate()
+                         router=args.router, prefix_cache=args.prefix_cache, profile=args.profile,
+                         prefill_tp=args.prefill_tp, decode_tp=args.decode_tp,
+                         first_token_from=args.first_token_from, proxy_overhead_s=args.proxy_overhead).validate()
 
 
 def requests_from(args, rate: float | None):
@@ -220,7 +243,14 @@ def cmd_simulate(args) -> int:
     if args.json:
         print(json.dumps(summary, indent=None, sort_keys=True))
     else:
-        print(f"{summary['clock']}, tp={cfg.tp}, {len(reqs)} requests: {workload_label(args, args.rate, reqs)}")
+        tp = f"tp={cfg.tp}"
+        if cfg.pool_tp("prefill") != cfg.pool_tp("decode") or cfg.pool_tp("prefill") != cfg.tp:
+            tp = f"prefill tp={cfg.pool_tp('prefill')}, decode tp={cfg.pool_tp('decode')}"
+        if cfg.per_pool:
+            tp += f", first token from {cfg.first_token_from}"
+            if cfg.proxy_overhead_s:
+                tp += f" (+{cfg.proxy_overhead_s:g}s proxy)"
+        print(f"{summary['clock']}, {tp}, {len(reqs)} requests: {workload_label(args, args.rate, reqs)}")
         print_table([summary])
         for r in summary.get("slo_attainment", {}).get("slos", []):
             v = "never" if r["value_s"] is None else f"{r['value_s']:.3f}s"

@@ -87,11 +87,14 @@ class Scheduler:
             self.bm.match_prefix(seq)
             n = seq.num_tokens - seq.num_computed
             if whole:
-                if batch.prefills and n > budget:
-                    break
+                fits = not (batch.prefills and n > budget)
             else:
                 n = min(n, budget)
-            if not self._can_admit(seq, n):
+                fits = True
+            if not (fits and self._can_admit(seq, n)):
+                # a waiting sequence holds no blocks: a match kept while it waits (behind a
+                # preemption, say) would pin cache blocks nobody computes with, until nothing fits
+                self.bm.unmatch(seq)
                 break
             self.waiting.popleft()
             seq.status = Status.RUNNING

@@ -125,6 +125,19 @@ def test_demo_writes_report(capsys, tmp_path):
     html = out.read_text()
     assert "simulated" in html.lower() or "Simulated" in html
     assert html.count('class="plotly-graph-div"') >= 6
+    assert "rasters&#x27; window" in html and "stall \\u003e 100 ms" in html and "ITL distribution (tail)" in html
+
+
+def test_slo_verdict_names_only_the_missed_slo_with_its_value():
+    from pdlab.demo import slo_verdict
+    rows = [{"metric": "ttft", "percentile": 90.0, "target_s": 1.0, "value_s": 0.3, "met": True},
+            {"metric": "itl", "percentile": 99.0, "target_s": 0.1, "value_s": 0.1396, "met": False}]
+    s = {"slo_attainment": {"slos": rows}}
+    assert slo_verdict(s) == "misses ITL p99 <= 100 ms (it is 139.6 ms); meets TTFT p90 <= 1 s"
+    rows[1].update(met=True, value_s=0.05)
+    assert slo_verdict(s) == "meets TTFT p90 <= 1 s, ITL p99 <= 100 ms"
+    rows[0].update(met=False, value_s=None)
+    assert slo_verdict(s).startswith("misses TTFT p90 <= 1 s (it is never reached); meets ITL")
 
 
 def test_simulate_with_the_real_engine_gives_the_same_json(capsys):

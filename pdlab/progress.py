@@ -15,14 +15,16 @@ def enabled() -> bool:
 
 
 def _in_notebook() -> bool:
-    # ipykernel may be imported without running a kernel (e.g. by a pytest plugin)
+    """A running Jupyter kernel, not merely ipykernel imported (pytest's nbval plugin imports it;
+    the notebook bar would then print its text fallback on stdout)."""
     if "ipykernel" not in sys.modules:
         return False
     try:
         from IPython import get_ipython
+        shell = get_ipython()
     except ImportError:
         return False
-    return getattr(get_ipython(), "kernel", None) is not None
+    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
 
 
 def progress(iterable: Iterable, total: int | None = None, desc: str | None = None,

@@ -66,16 +66,24 @@ def _time_field(raw, key: str, where: str, scale: float = 1.0) -> float:
     return v
 
 
-def read_trace(path: str | Path) -> list[Request]:
+def _rows(rows, show: bool, path: Path):
+    if not show:
+        return rows
+    from .progress import progress
+    return progress(rows, desc=f"reading {path.name}", unit="req")
+
+
+def read_trace(path: str | Path, show_progress: bool = False) -> list[Request]:
     """Requests from a CSV or Mooncake JSONL trace. Arrival is -1.0 where the file has none
-    (``has_arrivals`` tells); a malformed row raises PdlabError naming file and line."""
+    (``has_arrivals`` tells); a malformed row raises PdlabError naming file and line.
+    ``show_progress``: a bar on stderr for a long file (the CLI's)."""
     path = Path(path)
     if not path.is_file():
         raise PdlabError(f"trace file {path} not found")
     reqs: list[Request] = []
     if path.suffix == ".jsonl":
         with path.open() as f:
-            for ln, line in enumerate(f, 1):
+            for ln, line in enumerate(_rows(f, show_progress, path), 1):
                 if not line.strip():
                     continue
                 where = f"{path}:{ln}"
@@ -102,7 +110,7 @@ def read_trace(path: str | Path) -> list[Request]:
         cols = list(reader.fieldnames or [])
         check_csv_header(cols, f"{path}:1")
         timed = "arrived_at" in cols
-        for ln, row in enumerate(reader, 2):
+        for ln, row in enumerate(_rows(reader, show_progress, path), 2):
             where = f"{path}:{ln}"
             if None in row or any(v is None for v in row.values()):
                 raise PdlabError(f"{where}: expected {len(cols)} fields")

@@ -109,6 +109,7 @@ class Batch:
     decodes: list[Sequence] = field(default_factory=list)
     num_prefill_tokens: int = 0
     decode_context: int = 0     # sum over decodes of their context length (KV read per layer)
+    num_running: int = 0        # sequences resident on the worker as the step starts (set by Worker.start)
 
     def add_prefill(self, seq: Sequence, n: int) -> None:
         self.prefills.append((seq, n))

@@ -143,6 +143,7 @@ class Batch:
     # decodes of a worker's DecodeGroup (pdlab.serving.decoding): counted here, not listed in
     # ``decodes``; only executors that read no per-sequence decode state get such batches
     group_decodes: int = 0
+    num_running: int = 0        # sequences resident on the worker as the step starts (set by Worker.start)
 
     def add_prefill(self, seq: Sequence, n: int) -> None:
         self.prefills.append((seq, n))

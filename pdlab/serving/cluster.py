@@ -59,10 +59,9 @@ class RunResult:
         if self.config.mode == "disaggregated":
             out["kv_transfers"] = self.transfers
             out["kv_bytes_moved"] = self.kv_bytes_moved
-            if self.config.per_pool:
-                cfg = self.config
-                out["prefill_tp"], out["decode_tp"] = cfg.pool_tp("prefill"), cfg.pool_tp("decode")
-                out["first_token_from"], out["proxy_overhead_s"] = cfg.first_token_from, cfg.proxy_overhead_s
+            cfg = self.config
+            out["prefill_tp"], out["decode_tp"] = cfg.pool_tp("prefill"), cfg.pool_tp("decode")
+            out["first_token_from"], out["proxy_overhead_s"] = cfg.first_token_from, cfg.proxy_overhead_s
         return out
 
 

@@ -4,10 +4,9 @@ simulated, what the loop saw (iterations, KV occupancy, preemptions, prefix hits
 Three sources:
 
     simulate(requests, config)   run the traffic on the cost-model clock (everything is known)
-    read_measured_csv(path)      a trace CSV with measured ``ttft_s``/``tpot_s`` (or ``*_ms``) columns
-    read_vllm_json(path)         ``vllm bench serve --save-result --save-detailed`` output:
-                                 ``input_lens``, ``output_lens``, ``ttfts`` (s), ``itls`` (s per gap),
-                                 ``errors`` (a failed request has a non-empty error)
+    read_measured(path)          measured latencies (``pdlab.measured`` reads them): a CSV with
+                                 ``measured_ttft_ms``/``measured_tpot_ms`` or ``ttft_s``/``tpot_s``, or
+                                 ``vllm bench serve --save-result --save-detailed`` JSON (``itls`` kept)
 
 Measured inputs carry no iteration log: the evidence that needs one says it is not measured.
 """
@@ -16,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
@@ -24,12 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from ..config import ServingConfig
-from ..errors import PdlabError
 from ..request import Request, Status
 from ..serving.events import StepColumns
-
-MEASURED_COLUMNS = {"ttft": ("ttft_s", "ttft_ms", "measured_ttft_ms"),
-                    "tpot": ("tpot_s", "tpot_ms", "measured_tpot_ms")}
 
 
 @dataclass
@@ -111,6 +105,7 @@ def from_result(res) -> Observation:
 
 def has_measured_columns(path: str | Path) -> bool:
     """Does this file carry measured latencies (a vLLM JSON, or a CSV with TTFT/TPOT columns)?"""
+    from ..measured import CSV_LATENCY
     path = Path(path)
     if path.suffix == ".json":
         return True
@@ -118,102 +113,34 @@ def has_measured_columns(path: str | Path) -> bool:
         return False
     with path.open(newline="") as f:
         cols = next(csv.reader(f), [])
-    return any(c in cols for names in MEASURED_COLUMNS.values() for c in names)
+    return any(c in cols for pair in CSV_LATENCY for c in pair[:2])
 
 
-def _seconds(raw, key: str, where: str) -> float:
-    try:
-        v = float(raw)
-    except (TypeError, ValueError):
-        raise PdlabError(f"{where}: '{key}' is {raw!r}, not a number") from None
-    if not v >= 0 or math.isinf(v):
-        raise PdlabError(f"{where}: '{key}' must be a time >= 0, got {raw!r}")
-    return v / 1000 if key.endswith("_ms") else v
-
-
-def read_measured_csv(path: str | Path, clock: str | None = None) -> Observation:
-    """A trace CSV whose rows also hold measured TTFT and TPOT (seconds, or ``*_ms`` columns)."""
-    from ..traces import read_trace
+def read_measured(path: str | Path, clock: str | None = None) -> Observation:
+    """A measured run (``pdlab.measured``: DistServe's CSV convention or vLLM ``bench serve
+    --save-detailed`` JSON, validated line by line there). From the JSON the inter-token gaps
+    are kept too (vLLM's ``itls``); failed requests count as never served."""
+    from ..measured import read_measured as read_run
     path = Path(path)
-    reqs = read_trace(path)                      # lengths and times validated, line by line
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        cols = reader.fieldnames or []
-        pick = {}
-        for metric, names in MEASURED_COLUMNS.items():
-            found = [c for c in names if c in cols]
-            if not found:
-                raise PdlabError(f"{path}:1: missing column {names[0]} (measured {metric.upper()}; "
-                                 f"or one of {', '.join(names[1:])})")
-            pick[metric] = found[0]
-        ttft, tpot = np.zeros(len(reqs)), np.zeros(len(reqs))
-        for i, row in enumerate(reader):
-            where = f"{path}:{i + 2}"
-            ttft[i] = _seconds(row[pick["ttft"]], pick["ttft"], where)
-            tpot[i] = _seconds(row[pick["tpot"]], pick["tpot"], where)
-    out = np.array([r.max_new_tokens for r in reqs], dtype=np.int64)
-    tpot[out <= 1] = np.nan
-    return Observation(source="measured", clock=clock or f"measured ({path.name})", requests=reqs,
-                       prompt_len=np.array([r.prompt_len for r in reqs], dtype=np.int64), output_len=out,
-                       ttft=ttft, tpot=tpot)
-
-
-VLLM_KEYS = ("input_lens", "output_lens", "ttfts", "itls")
-
-
-def read_vllm_json(path: str | Path, clock: str | None = None) -> Observation:
-    """``vllm bench serve --save-result --save-detailed`` results: per-request lengths, TTFT and
-    inter-token gaps. A request with a non-empty ``errors`` entry counts as never served."""
-    path = Path(path)
-    if not path.is_file():
-        raise PdlabError(f"measured results {path} not found")
-    try:
+    run = read_run(path)
+    n = len(run.requests)
+    ttft = np.concatenate([run.ttft, np.full(run.failed, np.inf)])
+    tpot = np.concatenate([run.tpot, np.full(run.failed, np.nan)])
+    reqs = list(run.requests)
+    itl = owner = None
+    if path.suffix == ".json":
         data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise PdlabError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
-    if not isinstance(data, dict):
-        raise PdlabError(f"{path}: expected a JSON object (vllm bench serve --save-result --save-detailed)")
-    missing = [k for k in VLLM_KEYS if k not in data]
-    if missing:
-        raise PdlabError(f"{path}: missing {', '.join(missing)} (save it with vllm bench serve "
-                         f"--save-result --save-detailed)")
-    n = len(data["input_lens"])
-    for k in VLLM_KEYS[1:]:
-        if not isinstance(data[k], list) or len(data[k]) != n:
-            raise PdlabError(f"{path}: '{k}' has {len(data[k]) if isinstance(data[k], list) else 'no'} "
-                             f"entries, 'input_lens' has {n}")
-    if n == 0:
-        raise PdlabError(f"{path}: no requests in the file")
-    errors = data.get("errors") or [""] * n
-    reqs, ttft, tpot, gaps, owner = [], np.full(n, np.inf), np.full(n, np.nan), [], []
-    out = np.zeros(n, dtype=np.int64)
-    for i in range(n):
-        where = f"{path}: request {i}"
-        pin = data["input_lens"][i]
-        if not isinstance(pin, int) or pin < 1:
-            raise PdlabError(f"{where}: input_lens[{i}] must be a whole number >= 1, got {pin!r}")
-        pout = data["output_lens"][i]
-        if not isinstance(pout, int) or pout < 0:
-            raise PdlabError(f"{where}: output_lens[{i}] must be a whole number >= 0, got {pout!r}")
-        reqs.append(Request(i, -1.0, pin, max(pout, 1)))
-        out[i] = pout
-        if errors[i] or pout == 0:
-            continue
-        ttft[i] = _seconds(data["ttfts"][i], f"ttfts[{i}]", where)
-        g = data["itls"][i]
-        if not isinstance(g, list):
-            raise PdlabError(f"{where}: itls[{i}] must be a list of seconds")
-        g = [_seconds(x, f"itls[{i}]", where) for x in g]
-        if g:
-            tpot[i] = float(np.mean(g))      # vLLM's TPOT: the mean gap after the first token
-            gaps.extend(g)
-            owner.extend([i] * len(g))
-    return Observation(source="measured", clock=clock or f"measured (vLLM bench serve, {path.name})",
-                       requests=reqs, prompt_len=np.array([r.prompt_len for r in reqs], dtype=np.int64),
-                       output_len=out, ttft=ttft, tpot=tpot, itl=np.array(gaps, dtype=float),
-                       itl_owner=np.array(owner, dtype=np.int64), rejected=int(np.sum(~np.isfinite(ttft))))
-
-
-def read_measured(path: str | Path) -> Observation:
-    path = Path(path)
-    return read_vllm_json(path) if path.suffix == ".json" else read_measured_csv(path)
+        errors = data.get("errors") or [""] * len(data["itls"])
+        kept = [g for g, e in zip(data["itls"], errors) if not e]
+        itl = np.array([float(x) for g in kept for x in g], dtype=float)
+        owner = np.repeat(np.arange(n), [len(g) for g in kept])
+        # failed requests: their lengths as asked, after the served ones
+        for i, e in enumerate(errors):
+            if e:
+                reqs.append(Request(len(reqs), reqs[-1].arrival if reqs else 0.0,
+                                    max(1, int(data["input_lens"][i])), max(1, int(data["output_lens"][i]))))
+    kind = "vLLM bench serve" if path.suffix == ".json" else "per-request CSV"
+    return Observation(source="measured", clock=clock or f"measured ({kind}: {path.name})", requests=reqs,
+                       prompt_len=np.array([r.prompt_len for r in reqs], dtype=np.int64),
+                       output_len=np.array([r.max_new_tokens for r in reqs], dtype=np.int64),
+                       ttft=ttft, tpot=tpot, itl=itl, itl_owner=owner, rejected=run.failed)

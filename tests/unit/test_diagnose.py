@@ -133,24 +133,25 @@ def test_measured_csv_is_read_not_simulated(tmp_path, capsys):
     assert kv["fired"] is None and "not measured" in kv["value"]
 
 
-def test_vllm_detailed_json(tmp_path):
-    data = {"input_lens": [100, 2000, 50], "output_lens": [3, 4, 0], "ttfts": [0.05, 0.4, 0.0],
-            "itls": [[0.01, 0.02], [0.01, 0.01, 0.04], []], "errors": ["", "", "timeout"]}
+def test_vllm_detailed_json_keeps_the_gaps(tmp_path):
+    data = {"input_lens": [100, 2000, 50], "output_lens": [3, 4, 2], "ttfts": [0.05, 0.4, 0.1],
+            "itls": [[0.01, 0.02], [0.01, 0.01, 0.04], []], "start_times": [0.0, 0.5, 0.7],
+            "errors": ["", "", "timeout"]}
     p = tmp_path / "bench.json"
     p.write_text(json.dumps(data))
-    obs = observe.read_vllm_json(p)
-    assert obs.rejected == 1 and np.isinf(obs.ttft[2])
-    assert obs.tpot[1] == pytest.approx(0.02) and obs.itl.size == 5
+    obs = observe.read_measured(p)
+    assert obs.n == 3 and obs.rejected == 1 and np.isinf(obs.ttft[2])
+    assert obs.tpot[1] == pytest.approx(0.02) and obs.itl.size == 5 and list(obs.itl_owner) == [0, 0, 1, 1, 1]
     del data["itls"]
     p.write_text(json.dumps(data))
-    with pytest.raises(PdlabError, match="missing itls"):
-        observe.read_vllm_json(p)
+    with pytest.raises(PdlabError, match="itls"):
+        observe.read_measured(p)
 
 
 @pytest.mark.parametrize("rows, header, where, what", [
-    (["0,100,10,0.1"], "arrived_at,num_prefill_tokens,num_decode_tokens,ttft_s", ":1:", "missing column tpot_s"),
+    (["0,100,10,0.1"], "arrived_at,num_prefill_tokens,num_decode_tokens,ttft_s", ":1:", "missing column"),
     (["0,100,10,0.1,0.01", "1,-5,10,0.1,0.01"], None, ":3:", "num_prefill_tokens"),
-    (["1,100,10,0.1,0.01", "0.5,100,10,0.1,0.01"], None, ":3:", "goes back in time"),
+    (["1,100,10,0.1,0.01", "0.5,100,10,0.1,0.01"], None, ":3:", "not sorted"),
     (["0,100,10,0.1,0.01", "1,100,10,-0.2,0.01"], None, ":3:", "ttft_s"),
 ])
 def test_bad_measured_input_names_the_line_and_exits_2(tmp_path, capsys, rows, header, where, what):

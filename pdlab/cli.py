@@ -428,9 +428,9 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
                          "percentile (DistServe); percentile: each SLO's percentile on its own (default request)")
     pl.add_argument("--jobs", type=_positive_int("--jobs"), default=None, help="processes (default: every core)")
     pl.add_argument("--dask", default=None, metavar="ADDRESS", help="run the search on a Dask scheduler")
-    pl.add_argument("--refine-top", type=_positive_int("--refine-top"), default=3,
-                    help="at least this many leaders of the coarse search are refined on the whole workload "
-                         "(and every one within 10%% of the coarse leader; default 3)")
+    pl.add_argument("--refine-top", type=_positive_int("--refine-top"), default=1,
+                    help="refine at least this many coarse leaders to 2%% (besides every configuration that "
+                         "could still win; default 1)")
     pl.add_argument("--html", default=None, metavar="FILE", help="write the Pareto figure")
     pl.set_defaults(func=cmd_plan)
     d = sub.add_parser("demo", help="the three modes side by side + an HTML report")

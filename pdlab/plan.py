@@ -1,16 +1,15 @@
 """``pdlab plan``: the configuration with the best goodput per GPU for a workload on N GPUs.
 
 The search space (``Space``) is every way to use the GPUs: aggregated and chunked replicas (the
-token budget of chunked, tensor parallelism, the router), and disaggregated prefill:decode splits.
-Each configuration's goodput is the highest Poisson rate at which the SLOs hold, found by
-``metrics.goodput_search`` on the same requests re-timed. Two stages keep it fast:
+token budget of chunked, tensor parallelism, the router), and disaggregated prefill:decode splits
+(with per-pool TP). Each configuration's goodput is the highest Poisson rate at which the SLOs
+hold on the same requests re-timed (``search``: ``metrics.goodput_search``'s doubling and bisection, resumable). Two stages,
+a branch and bound, keep it fast and exact:
 
-1. coarse: every configuration on the first ``coarse_requests`` requests, to 10% (in parallel,
-   ``sweep.map``). A short run queues less, so these are optimistic, by different amounts per
-   configuration: they only choose what to refine;
-2. refine: on the whole workload, to 2% (exactly what ``exhaustive`` computes for each), every
-   configuration whose coarse bracket reaches within ``REFINE_MARGIN`` of the coarse leader,
-   and at least the ``refine_top`` leaders. The best refined configuration wins.
+1. coarse: every configuration, bracketed to 10% (in parallel, ``sweep.map``);
+2. refine: every configuration whose bracket reaches above the best coarse lower bound (the
+   others cannot win) continues its bisection to 2%, asking exactly the rates a fresh 2% search
+   asks, so the winner is the winner of ``exhaustive`` (every configuration to 2%).
 
 Two ways to count an SLO (``count``):
 
@@ -29,12 +28,11 @@ from dataclasses import asdict, dataclass, replace
 from . import sweep
 from .config import ROUTERS, ServingConfig
 from .errors import PdlabError
-from .metrics import SLO, goodput_search, summarize
+from .metrics import SLO, summarize
 from .request import Request
 from .workload import with_rate
 
-COARSE_REQUESTS, COARSE_TOL, FINE_TOL = 200, 0.10, 0.02
-REFINE_MARGIN = 0.9
+COARSE_TOL, FINE_TOL = 0.10, 0.02
 CHUNKS = (256, 512, 1024, 2048)
 
 
@@ -61,29 +59,33 @@ class Space:
         base = ServingConfig(model=self.model, gpu=self.gpu, link=self.link, prefix_cache=self.prefix_cache,
                              max_num_seqs=self.max_num_seqs, block_size=self.block_size,
                              num_blocks=self.num_blocks, profile=self.profile)
-        tps = self.tps or tuple(t for t in (1, 2, 4, 8, 16) if t <= self.num_gpus)
-        out, skipped = [], []
-        for tp in tps:
-            if self.num_gpus % tp:
+        n = self.num_gpus
+        tps = self.tps or tuple(t for t in (1, 2, 4, 8, 16) if t <= n)
+        cands = []
+        for mode in self.modes:
+            if mode == "disaggregated":
+                # every split of the N GPUs into P prefill replicas of ptp GPUs and D decode
+                # replicas of dtp GPUs (DistServe places the two phases with different TP)
+                cands += [replace(base, mode=mode, tp=min(ptp, dtp), prefill_tp=ptp, decode_tp=dtp,
+                                  prefill_gpus=p, decode_gpus=(n - p * ptp) // dtp)
+                          for ptp in tps for dtp in tps for p in range(1, n // ptp + 1)
+                          if n - p * ptp >= dtp and (n - p * ptp) % dtp == 0]
                 continue
-            r = self.num_gpus // tp
-            cands = []
-            for mode in self.modes:
-                if mode == "disaggregated":
-                    cands += [replace(base, mode=mode, tp=tp, prefill_gpus=p, decode_gpus=r - p)
-                              for p in range(1, r)]
-                else:
-                    routers = self.routers if r > 1 else self.routers[:1]
-                    chunks = self.chunks if mode == "chunked" else (None,)
-                    cands += [replace(base, mode=mode, tp=tp, num_gpus=r, chunk_size=c, router=ro)
-                              for c in chunks for ro in routers]
-            for c in cands:
-                why = _invalid(c)
-                if why:
-                    if why not in skipped:
-                        skipped.append(why)
-                else:
-                    out.append(c)
+            for tp in tps:
+                if n % tp:
+                    continue
+                r = n // tp
+                routers = self.routers if r > 1 else self.routers[:1]
+                chunks = self.chunks if mode == "chunked" else (None,)
+                cands += [replace(base, mode=mode, tp=tp, num_gpus=r, chunk_size=c, router=ro)
+                          for c in chunks for ro in routers]
+        out, skipped = [], []
+        for c in cands:
+            why = _invalid(c)
+            if why is None:
+                out.append(c)
+            elif why not in skipped:
+                skipped.append(why)
         if not out:
             raise PdlabError(f"no configuration of {self.model} fits {self.num_gpus} x {self.gpu}: "
                              + "; ".join(skipped))
@@ -91,20 +93,24 @@ class Space:
 
 
 def _invalid(c: ServingConfig) -> str | None:
+    """Why ``c`` cannot run (TP that does not divide the model, no room for a KV cache), or None."""
     from .run import cost_model_for
     try:
         c.validate()
         if c.num_blocks is None:
-            cost_model_for(c).num_blocks(c.block_size)
+            for role in ("prefill", "decode") if c.mode == "disaggregated" else ("mixed",):
+                cost_model_for(c, role).num_blocks(c.block_size)
     except PdlabError as e:
-        return f"tp {c.tp}: {e}"
+        return str(e)
     return None
 
 
 def label(c: ServingConfig) -> str:
     tp = f" tp{c.tp}" if c.tp > 1 else ""
     if c.mode == "disaggregated":
-        return f"disaggregated {c.prefill_gpus}P:{c.decode_gpus}D{tp}"
+        ptp, dtp = c.pool_tp("prefill"), c.pool_tp("decode")
+        return (f"disaggregated {c.prefill_gpus}P{f'(tp{ptp})' if ptp > 1 else ''}:"
+                f"{c.decode_gpus}D{f'(tp{dtp})' if dtp > 1 else ''}")
     chunk = f" budget {c.chunk_size}" if c.mode == "chunked" else ""
     router = f" {c.router}" if c.replicas > 1 else ""
     return f"{c.mode} x{c.replicas}{tp}{chunk}{router}"
@@ -116,12 +122,45 @@ def attainment_target(slos: list[SLO]) -> float:
     return max(s.percentile for s in slos) / 100
 
 
+def search(meets, start: float, tol: float, state: tuple | None = None, max_rate: float = 1e5,
+           max_iter: int = 40) -> tuple[float, tuple]:
+    """``metrics.goodput_search``'s search (double from ``start`` until a rate fails, or halve
+    down until one passes; then bisect to ``tol``), resumable: it returns ``(goodput, state)``
+    and, given that state, continues the same bisection to a finer ``tol``, asking exactly the
+    rates a fresh search at that ``tol`` would ask. ``state`` is ``(lo, hi, iterations, done)``."""
+    if state is None:
+        lo, hi, it = 0.0, start, 0
+        while meets(hi):
+            lo, hi = hi, hi * 2
+            it += 1
+            if hi > max_rate or it > max_iter:
+                return lo, (lo, hi, it, True)
+        if lo == 0.0:
+            probe = hi / 2
+            while probe > start * 1e-4 and not meets(probe):
+                hi, probe = probe, probe / 2
+            if probe <= start * 1e-4:
+                return 0.0, (0.0, hi, it, True)
+            lo = probe
+        state = (lo, hi, it, False)
+    lo, hi, it, done = state
+    while not done and hi - lo > tol * lo and it < max_iter:
+        mid = (lo + hi) / 2
+        if meets(mid):
+            lo = mid
+        else:
+            hi = mid
+        it += 1
+    return lo, (lo, hi, it, done)
+
+
 def evaluate(task: tuple) -> dict:
-    """Goodput of one configuration (module level: ``sweep.map`` pickles it to other processes)."""
+    """Goodput of one configuration to ``tol`` (module level: ``sweep.map`` pickles it). ``prev``,
+    an earlier coarser result for the same configuration and requests, is continued, not redone."""
     from .run import run_serving
-    cfg, reqs, slos, count, tol, seed, burstiness, start = task
+    cfg, reqs, slos, count, tol, seed, burstiness, prev = task
     target = attainment_target(slos)
-    points = []
+    points = list(prev["_points"]) if prev else []
 
     def meets(rate: float) -> bool:
         res = run_serving(with_rate(reqs, rate, seed, burstiness), cfg)
@@ -137,20 +176,38 @@ def evaluate(task: tuple) -> dict:
                        "within": _within_each(res.sequences, slos)})
         return ok
 
-    g = goodput_search(meets, start=start or default_start(cfg, reqs), rel_tol=tol)
+    first = default_start(cfg, reqs)
+
+    def meets_or_give_up(rate: float) -> bool:
+        ok = meets(rate)
+        if not ok and rate == first and not meets(first * UNLOADED):
+            raise _Infeasible       # fails even unloaded: no lower rate can pass, skip the descent
+        return ok
+
+    try:
+        g, state = search(meets_or_give_up, first, tol, prev["_state"] if prev else None)
+    except _Infeasible:
+        g, state = 0.0, (0.0, first * UNLOADED, 0, True)
     passed = [p for p in points if p["met"]]
     failed = [p for p in points if not p["met"]]
     at = max(passed, key=lambda p: p["rate"]) if passed else None
-    above = [p["rate"] for p in failed if p["rate"] > g]
-    upper = min(above) if above else float("inf")       # the bracket's top: the goodput is below it
     first_fail = min(failed, key=lambda p: p["rate"]) if failed else None
     lowest = min(points, key=lambda p: p["rate"])
+    upper = float("inf") if state[3] and g > 0 else state[1]     # the goodput is below this rate
     return {"label": label(cfg), "config": _cfg_dict(cfg), "mode": cfg.mode, "gpus": cfg.gpus,
-            "goodput_rps": g, "goodput_rps_per_gpu": g / cfg.gpus, "upper_rps_per_gpu": upper / cfg.gpus, "num_requests": len(reqs), "rel_tol": tol,
+            "goodput_rps": g, "goodput_rps_per_gpu": g / cfg.gpus, "upper_rps_per_gpu": upper / cfg.gpus,
+            "num_requests": len(reqs), "rel_tol": tol,
             "binding": _binding(first_fail, count) if first_fail else None,
             "at": _public(at), "lowest_rate": _public(lowest), "rates_tried": len(points),
             "points": [{k: p[k] for k in ("rate", "met", "tok_s_per_gpu", "tok_s_per_user", "requests_within")}
-                       for p in points]}
+                       for p in points], "_points": points, "_state": state}
+
+
+class _Infeasible(Exception):
+    pass
+
+
+UNLOADED = 1e-3     # a rate this far below the first guess leaves every request alone on its GPU
 
 
 def default_start(cfg: ServingConfig, reqs: list[Request]) -> float:
@@ -164,7 +221,7 @@ def default_start(cfg: ServingConfig, reqs: list[Request]) -> float:
     p = sum(r.prompt_len for r in reqs) / n
     o = sum(r.max_new_tokens for r in reqs) / n
     per_request = cm.prefill_time(int(p)) + o * cm.decode_time(64, int(p + o / 2)) / 64
-    return max(0.05, 0.5 * cfg.replicas / per_request)
+    return max(0.05, 0.5 * cfg.gpus / cfg.tp / per_request)
 
 
 def _k(r: dict) -> str:
@@ -195,9 +252,11 @@ def _public(p: dict | None) -> dict | None:
 
 def _cfg_dict(c: ServingConfig) -> dict:
     d = asdict(c)
-    return {k: d[k] for k in ("mode", "tp", "num_gpus", "prefill_gpus", "decode_gpus", "chunk_size", "router",
-                              "link", "prefix_cache") if not (c.mode == "disaggregated" and k in ("num_gpus", "router"))
-            and not (c.mode != "disaggregated" and k in ("prefill_gpus", "decode_gpus", "link"))}
+    pool = ("prefill_gpus", "decode_gpus", "prefill_tp", "decode_tp", "link")
+    d["prefill_tp"], d["decode_tp"] = c.pool_tp("prefill"), c.pool_tp("decode")
+    return {k: d[k] for k in ("mode", "tp", "num_gpus", "chunk_size", "router", "prefix_cache") + pool
+            if not (c.mode == "disaggregated" and k in ("num_gpus", "router", "tp"))
+            and not (c.mode != "disaggregated" and k in pool)}
 
 
 # ---- the search -----------------------------------------------------------------------------------
@@ -212,12 +271,11 @@ def exhaustive(requests: list[Request], space: Space, slos: list[SLO], count: st
     cfgs, _ = space.configs()
     rows = sweep.map(evaluate, [(c, requests, slos, count, tol, seed, burstiness, None) for c in cfgs], jobs=jobs,
                      dask=dask, desc="exhaustive")
-    return sorted(rows, key=_rank_key)
+    return [_summary(r) for r in sorted(rows, key=_rank_key)]
 
 
 def plan(requests: list[Request], space: Space, slos: list[SLO], count: str = "request", jobs: int | None = None,
-         dask=None, seed: int = 0, burstiness: float = 1.0, refine_top: int = 3,
-         coarse_requests: int = COARSE_REQUESTS) -> dict:
+         dask=None, seed: int = 0, burstiness: float = 1.0, refine_top: int = 1) -> dict:
     """The two-stage search; a JSON-ready dict with ``best``, ``candidates`` (every configuration
     tried, ranked), ``pareto``, ``met`` and, when nothing meets the SLOs, ``closest``."""
     if not slos:
@@ -225,19 +283,17 @@ def plan(requests: list[Request], space: Space, slos: list[SLO], count: str = "r
     if count not in ("request", "percentile"):
         raise PdlabError(f"unknown SLO counting '{count}' (choose from: request, percentile)")
     cfgs, skipped = space.configs()
-    coarse_reqs = requests[:coarse_requests]
-    coarse = sweep.map(evaluate, [(c, coarse_reqs, slos, count, COARSE_TOL, seed, burstiness, None) for c in cfgs],
-                       jobs=jobs, dask=dask, desc="plan: coarse")
+    tasks = [(c, requests, slos, count, COARSE_TOL, seed, burstiness, None) for c in cfgs]
+    coarse = sweep.map(evaluate, tasks, jobs=jobs, dask=dask, desc="plan: coarse")
     for r in coarse:
         r["stage"] = "coarse"
+    # branch and bound: a configuration whose bracket tops out at or below the best lower bound
+    # cannot win (its goodput is below its bracket's top); every other one is refined
+    bound = max(r["goodput_rps_per_gpu"] for r in coarse)
     order = sorted(range(len(cfgs)), key=lambda i: _rank_key(coarse[i]))
-    top = coarse[order[0]]["goodput_rps_per_gpu"]
     lead = [i for k, i in enumerate(order)
-            if k < refine_top or (top > 0 and coarse[i]["upper_rps_per_gpu"] >= REFINE_MARGIN * top)]
-    # the refined search starts at the coarse goodput (above the truth, usually: one probe, then
-    # it halves down and bisects) instead of doubling up from a low rate again
-    fine = sweep.map(evaluate, [(cfgs[i], requests, slos, count, FINE_TOL, seed, burstiness,
-                                 coarse[i]["goodput_rps"] or None) for i in lead],
+            if k < refine_top or coarse[i]["upper_rps_per_gpu"] > bound or bound == 0]
+    fine = sweep.map(evaluate, [tasks[i][:4] + (FINE_TOL,) + tasks[i][5:7] + (coarse[i],) for i in lead],
                      jobs=jobs, dask=dask, desc="plan: refine")
     for r in fine:
         r["stage"] = "refined"
@@ -245,13 +301,12 @@ def plan(requests: list[Request], space: Space, slos: list[SLO], count: str = "r
     rest = [coarse[i] for i in order if i not in lead]
     candidates = refined + rest
     met = any(r["goodput_rps"] > 0 for r in refined)
-    # the Pareto view from the refined runs only: coarse runs are too short to trust their tails
-    points = [dict(p, label=r["label"], mode=r["mode"]) for r in refined for p in r["points"]]
+    points = [dict(p, label=r["label"], mode=r["mode"]) for r in candidates for p in r["points"]]
     clock = f"simulated (cost model: {space.model} on {space.gpu})"
     out = {"clock": clock, "num_gpus": space.num_gpus, "model": space.model, "gpu": space.gpu,
            "slos": [str(s) for s in slos], "count": count,
            "attainment_target": attainment_target(slos) if count == "request" else None,
-           "num_requests": len(requests), "coarse_requests": len(coarse_reqs), "configurations": len(cfgs),
+           "num_requests": len(requests), "configurations": len(cfgs),
            "refined": len(refined),
            "skipped": skipped, "met": met, "best": _summary(refined[0]) if met else None,
            "runner_ups": [_summary(r) for r in refined[1:] if r["goodput_rps"] > 0],
@@ -265,8 +320,9 @@ def plan(requests: list[Request], space: Space, slos: list[SLO], count: str = "r
 
 
 def _summary(r: dict) -> dict:
-    return {k: r[k] for k in ("label", "config", "mode", "gpus", "goodput_rps", "goodput_rps_per_gpu", "binding",
-                              "stage", "num_requests", "rates_tried", "at", "lowest_rate")}
+    return {k: r.get(k) for k in ("label", "config", "mode", "gpus", "goodput_rps", "goodput_rps_per_gpu",
+                                  "upper_rps_per_gpu", "binding", "stage", "rel_tol", "num_requests", "rates_tried",
+                                  "at", "lowest_rate")}
 
 
 def pareto_front(points: list[dict]) -> list[dict]:
@@ -298,8 +354,8 @@ def render_text(res: dict) -> str:
              if res["count"] == "request" else "per percentile: each SLO on its own")
     out = [f"pdlab plan: {res['num_gpus']} x {res['gpu']}, {res['model']}; {res['num_requests']} requests; "
            f"SLOs {', '.join(res['slos'])} ({count})",
-           f"{res['configurations']} configurations (coarse: {res['coarse_requests']} requests, "
-           f"{COARSE_TOL:.0%}; refined: the leaders on all requests, {FINE_TOL:.0%}); {res['clock']}", ""]
+           f"{res['configurations']} configurations bracketed to {COARSE_TOL:.0%}, the {res['refined']} that "
+           f"could still win refined to {FINE_TOL:.0%}; {res['clock']}", ""]
     if res["met"]:
         b = res["best"]
         out.append(f"best: {b['label']}: goodput {b['goodput_rps']:.2f} req/s = {b['goodput_rps_per_gpu']:.2f} "
@@ -315,8 +371,7 @@ def render_text(res: dict) -> str:
     out += ["", f"refined candidates (ranked, {res['num_requests']} requests):"]
     out += ["  " + row(r) for r in ref[:10]]
     if rest:
-        out += ["", f"not refined (best coarse estimates on {res['coarse_requests']} requests; short runs are "
-                    f"optimistic):"]
+        out += ["", f"left at {COARSE_TOL:.0%} (their bracket tops out below the winner's goodput):"]
         out += ["  " + row(r) for r in rest[:5]]
         if len(rest) > 5:
             out.append(f"  ... {len(rest) - 5} more (--json lists every configuration)")

@@ -269,3 +269,30 @@ def check_decode_step_cost(fn) -> bool:
     yf, yb = (float(v) for v in fn(MODELS["llama-3-8b"], 64, 1024))
     return report("Ex 1.1 decode step cost (4 cases; llama-3-8b batch 64 @ 1024: FLOP/byte)", True,
                   round(yf / yb, 2), round(ef / eb, 2))
+
+
+def reference_attainment(ttft, tpot, ttft_slo: float, tpot_slo: float) -> float:
+    """DistServe's SLO attainment: the share of requests within both targets at once (a one-token
+    answer, TPOT NaN, has no pace to miss; a never-served one, TTFT inf, misses)."""
+    import numpy as np
+    ttft, tpot = np.asarray(ttft, dtype=float), np.asarray(tpot, dtype=float)
+    ok = (ttft <= ttft_slo) & (np.isnan(tpot) | (tpot <= tpot_slo))
+    return float(ok.mean()) if ok.size else 0.0
+
+
+def check_attainment(fn) -> bool:
+    import numpy as np
+    cases = [
+        (np.array([0.1, 0.2, 0.9, 0.3]), np.array([0.01, 0.06, 0.01, 0.02]), 0.5, 0.05),
+        (np.array([0.1, np.inf, 0.2]), np.array([0.01, np.nan, np.nan]), 0.5, 0.05),
+        (np.array([0.4, 0.4]), np.array([0.05, 0.05]), 0.4, 0.05),
+    ]
+    for ttft, tpot, a, b in cases:
+        ok, yours = attempt("attainment", fn, ttft, tpot, a, b)
+        if not ok:
+            return False
+        want = reference_attainment(ttft, tpot, a, b)
+        if not close(float(yours), want):
+            return report("attainment", False, yours, want,
+                          "a request counts when TTFT <= target AND (TPOT <= target or TPOT is NaN)")
+    return report("attainment", True, "all cases", "all cases")

@@ -108,6 +108,13 @@ class Sequence:
     def token_times(self, times) -> None:
         self._times = list(times)
 
+    def move_first_token(self, t: float) -> None:
+        """The first token reaches the user at ``t`` instead (a P/D proxy returns it from the
+        decode side). Only before decoding starts: the first piece is then that one float."""
+        if not self._times or type(self._times[0]) is tuple:
+            raise ValueError(f"sequence {self.id}: no lone first token to move")
+        self._times[0] = t
+
     def num_token_times(self) -> int:
         """len(token_times) without building it."""
         n = sum(p[2] - p[1] if type(p) is tuple else 1 for p in self._times)

@@ -235,7 +235,7 @@ class Cluster:
         seq.transfer_end = now
         if self.first_token_from_decode:
             # vLLM/SGLang P/D proxies return the first token from the decode instance, once the KV is there
-            seq.token_times[0] = now
+            seq._times[0] = now              # its one token so far (token_times is built from _times)
         dst.sched.accept(seq, ev.blocks)
         self.result.transfers += 1
         self.result.kv_bytes_moved += seq.num_computed * dst.executor.kv_bytes_per_token

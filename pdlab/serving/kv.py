@@ -166,6 +166,16 @@ class BlockManager:
         self.hits += n
         return n
 
+    def unmatch(self, seq: Sequence) -> None:
+        """Undo ``match_prefix`` for a sequence that was not admitted after all: its matched
+        blocks go back to the cache and the lookup is not counted."""
+        if not self.enable_prefix_cache or seq.num_computed != seq.num_cached:
+            return
+        self.hits -= seq.num_cached
+        self.queries -= seq.prompt_len
+        self.free(seq)
+        seq.num_computed = seq.num_cached = 0
+
     def register_prefix(self, seq: Sequence) -> None:
         """After a step: name the prompt blocks ``seq`` has completely computed."""
         if not self.enable_prefix_cache:

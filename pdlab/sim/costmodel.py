@@ -154,16 +154,17 @@ class CostModel:
         """The batch's totals, read once (the scheduler filled ``num_prefill_tokens`` and
         ``decode_context`` while building it)."""
         prefill_ctx = prefill_pairs = 0
-        n_sampled = len(batch.decodes)
+        n_dec = len(batch.decodes) + batch.group_decodes
+        n_sampled = n_dec
         for seq, n in batch.prefills:
             c = seq.num_computed                     # context already in the cache
             prefill_pairs += n * c + n * (n + 1) // 2  # causal query x key pairs
             prefill_ctx += c + n
             n_sampled += c + n == seq.num_tokens
         n_chunks = len(batch.prefills)
-        return StepShape(batch.num_prefill_tokens + len(batch.decodes), n_sampled, n_chunks + len(batch.decodes),
+        return StepShape(batch.num_prefill_tokens + n_dec, n_sampled, n_chunks + n_dec,
                          prefill_pairs, prefill_ctx, batch.num_prefill_tokens, batch.decode_context, n_chunks,
-                         bool(n_chunks and batch.decodes), batch.num_running)
+                         bool(n_chunks and n_dec), batch.num_running)
 
     def step_time(self, batch: Batch) -> float:
         """Seconds for one iteration running ``batch``."""
@@ -194,6 +195,35 @@ class CostModel:
         if self.tp > 1:   # two ring all-reduces of the activations per layer
             act = s.tokens * m.hidden * m.dtype_bytes
             t += 2 * m.layers * (2 * (self.tp - 1) / self.tp * act / (self.gpu.link_gbps * 1e9) + 5e-6)
+        return t
+
+    def decode_step_time(self, n: int, context: int) -> float:
+        """``time_for`` of a step of ``n`` decodes over ``context`` KV tokens and nothing else
+        (``n`` sequences resident: a steady decode group), term for term the same floating-point
+        operations (the simulator's fast-forward calls it once per steady iteration; a test
+        checks it equals ``time_for`` bit for bit)."""
+        c = self.__dict__.get("_dc")
+        if c is None or c[0] != n:
+            m, e = self.model, self.eff
+            layer_flops, head_flops, weight_bytes, per_pair, kv_tok, peak, bw = self._consts()
+            t_linear = max((n * layer_flops + n * head_flops) / (peak * e.mfu), weight_bytes / bw)
+            tp_s = 0.0
+            if self.tp > 1:
+                act = n * m.hidden * m.dtype_bytes
+                tp_s = 2 * m.layers * (2 * (self.tp - 1) / self.tp * act / (self.gpu.link_gbps * 1e9) + 5e-6)
+            # the engine terms beyond the roofline, as time_for adds them (sampled = running = n)
+            extra = (e.token_overhead_s * n, e.running_overhead_s * n, e.block_overhead_s * n / self.block_size)
+            kv_bw = bw / e.mbu * e.decode_mbu if e.decode_mbu else bw
+            c = self.__dict__["_dc"] = (n, t_linear, per_pair, peak * e.attn_eff, kv_tok, kv_bw, e.step_overhead_s,
+                                        e.seq_overhead_s * n, e.prefill_overhead_s * 0, self.tp > 1, tp_s, extra)
+        _, t_linear, per_pair, attn_peak, kv_tok, bw, step_s, seqs_s, chunks_s, tp, tp_s, extra = c
+        if context:
+            t_attn = max(per_pair * context / attn_peak, kv_tok * context / bw)
+        else:
+            t_attn = 0.0
+        t = t_linear + t_attn + step_s + seqs_s + chunks_s + 0.0 + extra[0] + extra[1] + extra[2]
+        if tp:
+            t += tp_s
         return t
 
     def prefill_time(self, tokens: int, context: int = 0) -> float:

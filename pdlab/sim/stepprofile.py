@@ -99,6 +99,11 @@ class StepProfileModel:
                 + e.running_overhead_s * s.running
                 + e.block_overhead_s * (s.prefill_tokens + decodes) / self.roofline.block_size)
 
+    def decode_step_time(self, n: int, context: int) -> float:
+        """A step of ``n`` decodes over ``context`` KV tokens, ``n`` sequences resident (the
+        simulator's fast-forward of a steady decode group)."""
+        return self.time_for(StepShape(n, n, n, decode_ctx=context, running=n))
+
     def step_time(self, batch) -> float:
         if not batch:
             return 0.0

@@ -71,8 +71,9 @@ def add_serving_args(p: argparse.ArgumentParser, rate: bool = True) -> None:
     g.add_argument("--block-size", type=_positive_int("--block-size"), default=16)
     g.add_argument("--num-blocks", type=_positive_int("--num-blocks"), default=None,
                    help="KV blocks per worker (default: what fits in GPU memory)")
-    g.add_argument("--router", default="least-loaded", help="least-loaded | round-robin")
+    g.add_argument("--router", default="least-loaded", help="least-loaded | round-robin | kv-aware | session")
     g.add_argument("--prefix-cache", action="store_true", help="reuse KV of shared prompt prefixes")
+    _add_prefix_args(p)
     g.add_argument("--profile", default=None, help="calibrated cost-model profile (JSON from pdlab calibrate)")
     w = p.add_argument_group("workload")
     if rate:
@@ -93,13 +94,48 @@ def add_serving_args(p: argparse.ArgumentParser, rate: bool = True) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
+def _number(name, lo=0.0):
+    def parse(text):
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got '{text}'") from None
+        if not v >= lo or v == float("inf"):
+            raise argparse.ArgumentTypeError(f"{name} must be a number >= {lo:g}, got {text}")
+        return v
+    return parse
+
+
+def _add_prefix_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("prefix reuse and KV-aware routing")
+    g.add_argument("--overlap-weight", type=_number("--overlap-weight"), default=1.0,
+                   help="kv-aware: weight of the blocks to prefill (cache overlap) in the cost (default 1)")
+    g.add_argument("--load-weight", type=_number("--load-weight"), default=1.0,
+                   help="kv-aware: weight of the load terms (1: Dynamo's cost, 0: pure affinity)")
+    g.add_argument("--router-temperature", type=_number("--router-temperature"), default=0.0,
+                   help="kv-aware: 0 takes the lowest cost, > 0 samples a softmax over costs")
+    g.add_argument("--no-kv-events", dest="kv_events", action="store_false",
+                   help="kv-aware without KV events: predict caches from the router's own decisions")
+    g.add_argument("--router-ttl", type=_positive_float("--router-ttl"), default=120.0,
+                   help="seconds a routed prefix is assumed cached without events (default 120)")
+    g.add_argument("--offload-gb", type=_number("--offload-gb"), default=0.0,
+                   help="host-memory KV tier per replica in GB (needs --prefix-cache)")
+    g.add_argument("--offload-link", default="pcie5", help="host <-> GPU link for the KV tier (default pcie5)")
+    g.add_argument("--disagg-threshold", type=int, default=None, metavar="TOKENS",
+                   help="disaggregated: prefill on the decode worker when the uncached prompt is at most this")
+
+
 def config_from(args):
     from .config import ServingConfig
     return ServingConfig(mode=args.mode, model=args.model, gpu=args.gpu, tp=args.tp, num_gpus=args.num_gpus,
                          prefill_gpus=args.prefill_gpus, decode_gpus=args.decode_gpus,
                          chunk_size=args.chunk_size, max_num_seqs=args.max_num_seqs,
                          block_size=args.block_size, num_blocks=args.num_blocks, link=args.link,
-                         router=args.router, prefix_cache=args.prefix_cache, profile=args.profile).validate()
+                         router=args.router, prefix_cache=args.prefix_cache, profile=args.profile,
+                         overlap_weight=args.overlap_weight, load_weight=args.load_weight,
+                         router_temperature=args.router_temperature, kv_events=args.kv_events,
+                         router_ttl=args.router_ttl, offload_gb=args.offload_gb, offload_link=args.offload_link,
+                         disagg_threshold=args.disagg_threshold).validate()
 
 
 def requests_from(args, rate: float | None):

@@ -58,7 +58,8 @@ class Sequence:
     __slots__ = ("request", "id", "status", "prompt_len", "max_new_tokens", "num_tokens",
                  "num_computed", "num_cached", "block_table", "output_ids", "token_times",
                  "first_scheduled", "finish_time", "reject_reason", "num_preemptions",
-                 "transfer_start", "transfer_end", "worker", "finish_at", "_hashes")
+                 "transfer_start", "transfer_end", "worker", "finish_at", "_hashes",
+                 "num_reloaded", "reload_s")
 
     def __init__(self, request: Request):
         self.request = request
@@ -70,6 +71,8 @@ class Sequence:
         self.finish_at = request.prompt_len + request.max_new_tokens   # num_tokens when done
         self.num_computed = 0                     # tokens whose KV is in the cache
         self.num_cached = 0                       # prompt tokens served by the prefix cache
+        self.num_reloaded = 0                     # ... of which came back from host memory
+        self.reload_s = 0.0                       # seconds that reload took (charged to its step)
         self.block_table: list[int] = []
         self.output_ids: list[int] = []           # filled only by executors that produce tokens
         self.token_times: list[float] = []        # emission time of every output token
@@ -109,6 +112,7 @@ class Batch:
     decodes: list[Sequence] = field(default_factory=list)
     num_prefill_tokens: int = 0
     decode_context: int = 0     # sum over decodes of their context length (KV read per layer)
+    reload_s: float = 0.0       # prefix KV copied back from host memory for this iteration's prompts
 
     def add_prefill(self, seq: Sequence, n: int) -> None:
         self.prefills.append((seq, n))

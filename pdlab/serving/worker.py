@@ -45,6 +45,8 @@ class Worker:
         if not batch:
             return None
         result = self.executor.run(batch)
+        if batch.reload_s:          # prefix KV copied back from host memory before the step computes
+            result.seconds += batch.reload_s
         self.busy = True
         return StepDone(self, batch, result, now)
 

@@ -82,7 +82,8 @@ def add_serving_args(p: argparse.ArgumentParser, rate: bool = True) -> None:
     w.add_argument("--num-requests", type=_positive_int("--num-requests"), default=None,
                    help="requests to simulate (default 1000, or the whole trace)")
     src = w.add_mutually_exclusive_group()
-    src.add_argument("--workload", default=None, help="length preset: sharegpt arxiv azure-conv mooncake-conv chat-long")
+    src.add_argument("--workload", default=None, help="length preset: sharegpt arxiv azure-conv mooncake-conv chat-long; "
+                          "or sessions: chat-sessions agent-sessions")
     src.add_argument("--trace", default=None, help="CSV (arrived_at,num_prefill_tokens,num_decode_tokens) or Mooncake JSONL")
     w.add_argument("--input-len", type=_positive_int("--input-len"), default=None, help="fixed prompt length")
     w.add_argument("--output-len", type=_positive_int("--output-len"), default=None, help="fixed output length")
@@ -157,6 +158,9 @@ def requests_from(args, rate: float | None):
             t0 = reqs[0].arrival
             reqs = [replace(r, arrival=r.arrival - t0) for r in reqs]
         return reqs
+    from .sessions import SESSION_PRESETS, make_sessions
+    if args.workload in SESSION_PRESETS:        # multi-turn sessions: --rate is sessions started per second
+        return make_sessions(n or 1000, rate or 1.0, args.workload, args.seed)
     if args.input_len is not None:
         lengths = wl.Lengths("fixed", a=args.input_len, b=args.output_len)
     else:

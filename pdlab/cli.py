@@ -19,6 +19,7 @@ from dataclasses import replace
 from .errors import PdlabError
 
 EXIT_USAGE = 2
+DEFAULT_RATE = 4.0          # req/s where neither --rate nor a trace's timestamps give one
 
 
 class UsageError(PdlabError):
@@ -54,6 +55,18 @@ def _positive_float(name):
     return parse
 
 
+def _nonneg_float(name):
+    def parse(text):
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got '{text}'") from None
+        if not v >= 0 or v == float("inf"):
+            raise argparse.ArgumentTypeError(f"{name} must be >= 0, got {text}")
+        return v
+    return parse
+
+
 def add_serving_args(p: argparse.ArgumentParser, rate: bool = True) -> None:
     g = p.add_argument_group("serving")
     g.add_argument("--mode", default="chunked", help="aggregated | chunked | disaggregated (default chunked)")
@@ -64,6 +77,15 @@ def add_serving_args(p: argparse.ArgumentParser, rate: bool = True) -> None:
     g.add_argument("--prefill-gpus", type=_positive_int("--prefill-gpus"), default=1)
     g.add_argument("--decode-gpus", type=_positive_int("--decode-gpus"), default=1)
     g.add_argument("--tp", type=_positive_int("--tp"), default=1, help="tensor parallelism per replica")
+    g.add_argument("--prefill-tp", type=_positive_int("--prefill-tp"), default=None,
+                   help="disaggregated: tensor parallelism of each prefill replica (default --tp)")
+    g.add_argument("--decode-tp", type=_positive_int("--decode-tp"), default=None,
+                   help="disaggregated: tensor parallelism of each decode replica (default --tp)")
+    g.add_argument("--first-token-from", default="prefill", metavar="prefill|decode",
+                   help="disaggregated: the prefill instance streams the first token (DistServe, default) or "
+                        "the decode instance returns it after the KV transfer (vLLM/SGLang P/D proxies)")
+    g.add_argument("--proxy-overhead", type=_nonneg_float("--proxy-overhead"), default=0.0, metavar="SECONDS",
+                   help="disaggregated: proxy round trips between a prefill finishing and its decode starting")
     g.add_argument("--link", default="nvlink", help="KV link: nvlink pcie4 pcie5 ib-ndr eth-100g eth-25g, or GB/s")
     g.add_argument("--chunk-size", type=_positive_int("--chunk-size"), default=None,
                    help="token budget per iteration (chunked, default 512) or prefill chunk (disaggregated)")
@@ -133,6 +155,8 @@ def config_from(args):
                          chunk_size=args.chunk_size, max_num_seqs=args.max_num_seqs,
                          block_size=args.block_size, num_blocks=args.num_blocks, link=args.link,
                          router=args.router, prefix_cache=args.prefix_cache, profile=args.profile,
+                         prefill_tp=args.prefill_tp, decode_tp=args.decode_tp,
+                         first_token_from=args.first_token_from, proxy_overhead_s=args.proxy_overhead,
                          overlap_weight=args.overlap_weight, load_weight=args.load_weight,
                          router_temperature=args.router_temperature, kv_events=args.kv_events,
                          router_ttl=args.router_ttl, offload_gb=args.offload_gb, offload_link=args.offload_link,
@@ -153,7 +177,10 @@ def requests_from(args, rate: float | None):
         if n is not None:
             reqs = reqs[:n]
         if rate is not None or not traces.has_arrivals(reqs):
-            reqs = wl.with_rate(reqs, rate or 4.0, args.seed, args.burstiness)
+            if rate is None:    # a deliberate lengths-only CSV: say that the arrivals are ours
+                print(f"pdlab: note: {args.trace} has no arrived_at column: arrivals are generated "
+                      f"at {DEFAULT_RATE:g} req/s (seed {args.seed}); --rate sets the rate", file=sys.stderr)
+            reqs = wl.with_rate(reqs, rate or DEFAULT_RATE, args.seed, args.burstiness)
         else:
             t0 = reqs[0].arrival
             reqs = [replace(r, arrival=r.arrival - t0) for r in reqs]
@@ -165,7 +192,7 @@ def requests_from(args, rate: float | None):
         lengths = wl.Lengths("fixed", a=args.input_len, b=args.output_len)
     else:
         lengths = wl.preset_lengths(args.workload or "sharegpt")
-    return wl.make_requests(n or 1000, rate or 4.0, lengths, args.seed, args.burstiness)
+    return wl.make_requests(n or 1000, rate or DEFAULT_RATE, lengths, args.seed, args.burstiness)
 
 
 def cmd_simulate(args) -> int:
@@ -185,7 +212,14 @@ def cmd_simulate(args) -> int:
     if args.json:
         print(json.dumps(summary, indent=None, sort_keys=True))
     else:
-        print(f"{summary['clock']}, tp={cfg.tp}, {len(reqs)} requests")
+        tp = f"tp={cfg.tp}"
+        if cfg.pool_tp("prefill") != cfg.pool_tp("decode") or cfg.pool_tp("prefill") != cfg.tp:
+            tp = f"prefill tp={cfg.pool_tp('prefill')}, decode tp={cfg.pool_tp('decode')}"
+        if cfg.per_pool:
+            tp += f", first token from {cfg.first_token_from}"
+            if cfg.proxy_overhead_s:
+                tp += f" (+{cfg.proxy_overhead_s:g}s proxy)"
+        print(f"{summary['clock']}, {tp}, {len(reqs)} requests")
         print_table([summary])
         for r in summary.get("slo_attainment", {}).get("slos", []):
             v = "never" if r["value_s"] is None else f"{r['value_s']:.3f}s"
@@ -248,7 +282,9 @@ def cmd_demo(args) -> int:
 
 
 def build_parser(argv=None) -> argparse.ArgumentParser:
+    from . import __version__
     p = _Parser(prog="pdlab", description="Prefill/decode serving lab kit")
+    p.add_argument("--version", action="version", version=f"pdlab {__version__}")
     sub = p.add_subparsers(dest="cmd", parser_class=_Parser)
     s = sub.add_parser("simulate", help="serve a workload with one mode")
     add_serving_args(s)

@@ -1,7 +1,9 @@
 """Trace files in and out.
 
     CSV   ``arrived_at,num_prefill_tokens,num_decode_tokens`` (Splitwise/Vidur convention;
-          ``arrived_at`` optional: without it arrivals are generated)
+          ``arrived_at`` optional: without it arrivals are generated; Vidur's derived
+          ``num_total_tokens,pd_ratio`` are accepted and ignored; any other column is an error,
+          so that a misspelt ``arrived_at`` never silently turns a timed trace into Poisson)
     JSONL Mooncake: ``{"timestamp": ms, "input_length", "output_length", "hash_ids": [...]}``
           where equal hash ids name equal 512-token prefix blocks (an optional ``session_id``)
     CSV with sessions: ``session_id,arrived_at,num_prefill_tokens,num_decode_tokens`` and either
@@ -15,6 +17,7 @@ A malformed row raises ``PdlabError`` naming the file and line.
 from __future__ import annotations
 
 import csv
+import difflib
 import json
 from pathlib import Path
 
@@ -22,6 +25,31 @@ from .errors import PdlabError
 from .request import Request
 
 MOONCAKE_BLOCK = 512   # tokens per hash id in the Mooncake trace
+CSV_REQUIRED = ("num_prefill_tokens", "num_decode_tokens")
+CSV_COLUMNS = ("arrived_at",) + CSV_REQUIRED
+CSV_IGNORED = ("num_total_tokens", "pd_ratio")   # Vidur's derived columns
+
+
+SESSION_COLUMNS = ("session_id", "hash_ids", "hash_block", "prefix_len")   # a session trace's own columns
+
+
+def check_csv_header(cols: list[str], where: str, extra: tuple[str, ...] = ()) -> None:
+    """Every required column present and no unknown one; the error names the columns found and
+    the nearest known name of a misspelt one. ``extra``: further known columns."""
+    found = f"found: {', '.join(cols) if cols else '(empty header)'}"
+    known = CSV_COLUMNS + CSV_IGNORED + extra
+    unknown = [c for c in cols if c not in known]
+    if unknown:
+        hints = []
+        for c in unknown:
+            near = difflib.get_close_matches(c.strip().lower(), known, n=1, cutoff=0.6)
+            hints.append(f"'{c}'" + (f" (did you mean '{near[0]}'?)" if near else ""))
+        raise PdlabError(f"{where}: unknown column(s) {', '.join(hints)}; expected "
+                         f"[arrived_at,]{','.join(CSV_REQUIRED)}; {found}")
+    missing = [c for c in CSV_REQUIRED if c not in cols]
+    if missing:
+        raise PdlabError(f"{where}: missing column(s) {', '.join(missing)}; expected "
+                         f"[arrived_at,]{','.join(CSV_REQUIRED)}; {found}")
 
 
 def _int_field(row: dict, key: str, where: str) -> int:
@@ -82,14 +110,12 @@ def read_trace(path: str | Path) -> list[Request]:
         return reqs
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
-        cols = reader.fieldnames or []
-        missing = {"num_prefill_tokens", "num_decode_tokens"} - set(cols)
-        if missing:
-            raise PdlabError(f"{path}:1: missing column(s) {', '.join(sorted(missing))} "
-                             f"(expected arrived_at,num_prefill_tokens,num_decode_tokens)")
-        timed = "arrived_at" in cols
+        cols = list(reader.fieldnames or [])
         if "session_id" in cols:
+            check_csv_header(cols, f"{path}:1", SESSION_COLUMNS)
             return _read_sessions(path, reader, cols)
+        check_csv_header(cols, f"{path}:1")
+        timed = "arrived_at" in cols
         for ln, row in enumerate(reader, 2):
             where = f"{path}:{ln}"
             if None in row or any(v is None for v in row.values()):

@@ -63,23 +63,35 @@ class RunResult:
         if self.config.mode == "disaggregated":
             out["kv_transfers"] = self.transfers
             out["kv_bytes_moved"] = self.kv_bytes_moved
+            if self.config.per_pool:
+                cfg = self.config
+                out["prefill_tp"], out["decode_tp"] = cfg.pool_tp("prefill"), cfg.pool_tp("decode")
+                out["first_token_from"], out["proxy_overhead_s"] = cfg.first_token_from, cfg.proxy_overhead_s
         return out
 
 
 class Cluster:
-    def __init__(self, config: ServingConfig, executor_factory: ExecutorFactory, num_blocks: int | None = None,
-                 clock: str = "", on_step: StepHook | None = None, recompute_s=None):
+    def __init__(self, config: ServingConfig, executor_factory: ExecutorFactory,
+                 num_blocks: int | dict[str, int] | None = None, clock: str = "", on_step: StepHook | None = None,
+                 recompute_s=None):
+        """``num_blocks``: KV blocks per worker, or per role (pools of different TP hold different
+        caches)."""
         self.config = cfg = config.validate()
         num_blocks = num_blocks or cfg.num_blocks
         if not num_blocks:
             raise ValueError("Cluster needs num_blocks (or config.num_blocks): the KV cache size per worker")
-        self.num_blocks, self.clock, self.on_step = num_blocks, clock, on_step
+        per_role = num_blocks if isinstance(num_blocks, dict) else None
+        self.num_blocks = max(per_role.values()) if per_role else num_blocks
+        self.clock, self.on_step = clock, on_step
         self.workers: list[Worker] = []
+        self.proxy_overhead_s = cfg.proxy_overhead_s
+        self.first_token_from_decode = cfg.mode == "disaggregated" and cfg.first_token_from == "decode"
 
         def worker(name, role, sched_cls, inbound=None, **kw):
-            bm = BlockManager(num_blocks, cfg.block_size, cfg.prefix_cache)
+            nb = per_role[role] if per_role else num_blocks
+            bm = BlockManager(nb, cfg.block_size, cfg.prefix_cache)
             w = Worker(len(self.workers), name, role, sched_cls(bm, cfg.max_num_seqs, **kw),
-                       executor_factory(name, role, num_blocks, cfg.block_size), inbound)
+                       executor_factory(name, role, nb, cfg.block_size), inbound)
             self.workers.append(w)
             return w
 
@@ -188,13 +200,17 @@ class Cluster:
                 return
             pending.popleft()
             seq.transfer_start, end = dst.inbound.send(now, seq.num_computed * dst.executor.kv_bytes_per_token)
-            self.events.push(end, TransferDone(seq, src, dst, table))
+            # the proxy's round trips (prefill response in, decode request out) come on top
+            self.events.push(end + self.proxy_overhead_s, TransferDone(seq, src, dst, table))
 
     def _transfer_done(self, ev: TransferDone, now: float) -> None:
         seq, src, dst = ev.seq, ev.src, ev.dst
         dst.executor.transfer_kv(src.executor, seq.block_table, ev.blocks)
         src.sched.release(seq)
         seq.transfer_end = now
+        if self.first_token_from_decode:
+            # vLLM/SGLang P/D proxies return the first token from the decode instance, once the KV is there
+            seq.token_times[0] = now
         dst.sched.accept(seq, ev.blocks)
         self.result.transfers += 1
         self.result.kv_bytes_moved += seq.num_computed * dst.executor.kv_bytes_per_token

@@ -86,6 +86,33 @@ def test_malformed_trace_row_via_subprocess(tmp_path):
     assert r.stderr.strip().count("\n") == 0 and f"{p}:3:" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_misspelt_trace_column_is_an_error_not_poisson(capsys, tmp_path):
+    p = tmp_path / "t.csv"
+    p.write_text("arrivd_at,num_prefill_tokens,num_decode_tokens\n0,10,5\n100,10,5\n")
+    rc, out, err = run(capsys, "simulate", "--trace", str(p))
+    assert rc == 2 and out == ""
+    assert "did you mean 'arrived_at'?" in err and "found: arrivd_at" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_lengths_only_trace_says_it_generates_arrivals(capsys, tmp_path):
+    p = tmp_path / "t.csv"
+    p.write_text("num_prefill_tokens,num_decode_tokens\n10,5\n12,4\n")
+    rc, out, err = run(capsys, "simulate", "--trace", str(p), "--json")
+    assert rc == 0 and json.loads(out)["completed"] == 2
+    assert "no arrived_at column: arrivals are generated at 4 req/s" in err
+    p.write_text("arrived_at,num_prefill_tokens,num_decode_tokens\n0,10,5\n1,12,4\n")
+    rc, out, err = run(capsys, "simulate", "--trace", str(p), "--json")
+    assert rc == 0 and "arrivals are generated" not in err     # a timed trace replays its own times
+
+
+def test_version(capsys):
+    from pdlab import __version__
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"pdlab {__version__}"
+
+
 def test_demo_writes_report(capsys, tmp_path):
     out = tmp_path / "r.html"
     rc, text, _ = run(capsys, "demo", "--out", str(out), "--num-requests", "120")

@@ -82,3 +82,27 @@ def overload(result, min_ratio: float = 1.05) -> dict | None:
         return None
     return {"offered_tok_s": offered, "served_tok_s": served, "ratio": ratio, "span_s": span,
             "ttft_p50_first_quarter_s": first, "ttft_p50_last_quarter_s": last}
+
+
+def longest_stall(result) -> dict | None:
+    """The run's longest gap between two tokens of one stream and what the worker ran inside it:
+    its iterations and their prefill tokens (several long prompts prefilled back to back make a
+    stall longer than any one of their prefills). None when no stream has two tokens."""
+    best = None
+    for s in result.sequences:
+        if s.status is Status.FINISHED and len(s.token_times) > 1:
+            d = np.diff(s.token_times)
+            k = int(np.argmax(d))
+            if best is None or d[k] > best[0]:
+                best = (float(d[k]), s.token_times[k], s.token_times[k + 1], s.worker)
+    if best is None:
+        return None
+    gap, t0, t1, name = best
+    # the stream's worker (disaggregated: its later tokens come from a decode worker, so any)
+    w = result.workers.index(name) if name in result.workers and result.config.mode != "disaggregated" else None
+    eps = 1e-9
+    steps = [st for st in result.steps.window(t0, t1)
+             if st.start >= t0 - eps and st.end <= t1 + eps and (w is None or st.worker == w)]
+    return {"gap_s": gap, "start": t0, "end": t1, "iterations": len(steps),
+            "prefill_tokens": int(sum(st.prefill_tokens for st in steps)),
+            "prefill_iterations": sum(1 for st in steps if st.prefill_tokens > 0)}

@@ -4,7 +4,8 @@
     pdlab goodput    the highest request rate that meets every SLO
     pdlab demo       the three modes side by side, a table here and an HTML report
     pdlab generate   stream text from the tiny model through the paged engine
-    pdlab calibrate  fit the cost model to steps measured on this machine
+    pdlab calibrate  fit the cost model to steps measured on this machine (--measured: to served runs)
+    pdlab compare    simulated vs measured TTFT/TPOT/E2E of measured serving runs
 
 Bad input gets one line on stderr and exit code 2, never a traceback.
 """
@@ -69,7 +70,7 @@ def _nonneg_float(name):
     return parse
 
 
-def add_serving_args(p: argparse.ArgumentParser, rate: bool = True) -> None:
+def add_serving_args(p: argparse.ArgumentParser, rate: bool = True, workload: bool = True) -> None:
     g = p.add_argument_group("serving")
     g.add_argument("--mode", default="chunked", help="aggregated | chunked | disaggregated (default chunked)")
     g.add_argument("--model", default="llama-3-8b", help="model preset (default llama-3-8b)")
@@ -101,7 +102,14 @@ def add_serving_args(p: argparse.ArgumentParser, rate: bool = True) -> None:
                    help="KV blocks per worker (default: what fits in GPU memory)")
     g.add_argument("--router", default="least-loaded", help="least-loaded | round-robin")
     g.add_argument("--prefix-cache", action="store_true", help="reuse KV of shared prompt prefixes")
-    g.add_argument("--profile", default=None, help="calibrated cost-model profile (JSON from pdlab calibrate)")
+    g.add_argument("--profile", default=None, help="cost-model profile: fitted efficiency JSON (pdlab calibrate) or "
+                   "a step profile (data/profiles/*.json; default: the ideal engine)")
+    g.add_argument("--exact-steps", action="store_true",
+                   help="simulate every decode sequence by sequence (slower; same results)")
+    if not workload:   # the workload comes from elsewhere (measured runs)
+        p.add_argument("--slo", action="append", default=[], metavar="METRIC:pNN:SECONDS", help=argparse.SUPPRESS)
+        p.add_argument("--json", action="store_true", help="print one JSON object")
+        return
     w = p.add_argument_group("workload")
     if rate:
         w.add_argument("--rate", type=_positive_float("--rate"), default=None,
@@ -146,7 +154,8 @@ def config_from(args):
                          block_size=args.block_size, num_blocks=args.num_blocks, link=args.link,
                          router=args.router, prefix_cache=args.prefix_cache, profile=args.profile,
                          prefill_tp=args.prefill_tp, decode_tp=args.decode_tp,
-                         first_token_from=args.first_token_from, proxy_overhead_s=args.proxy_overhead).validate()
+                         first_token_from=args.first_token_from, proxy_overhead_s=args.proxy_overhead,
+                         exact_steps=args.exact_steps).validate()
 
 
 def requests_from(args, rate: float | None):
@@ -230,6 +239,7 @@ def cmd_simulate(args) -> int:
     from .metrics import SLO
     from .report import print_table
     from .run import run_serving
+    from .sim.profiles import load_profile
     slos = [SLO.parse(s) for s in args.slo]
     cfg = config_from(args)
     reqs = requests_from(args, args.rate)
@@ -240,6 +250,7 @@ def cmd_simulate(args) -> int:
     summary = result.summary(slos)
     summary["clock"] = clock
     summary["model"], summary["gpu"] = cfg.model, device
+    summary["profile"] = load_profile(cfg.profile).name if args.executor != "model" else "measured"
     if args.json:
         print(json.dumps(summary, indent=None, sort_keys=True))
     else:
@@ -250,7 +261,8 @@ def cmd_simulate(args) -> int:
             tp += f", first token from {cfg.first_token_from}"
             if cfg.proxy_overhead_s:
                 tp += f" (+{cfg.proxy_overhead_s:g}s proxy)"
-        print(f"{summary['clock']}, {tp}, {len(reqs)} requests: {workload_label(args, args.rate, reqs)}")
+        prof = f", profile {summary['profile']}" if args.executor != "model" else ""
+        print(f"{summary['clock']}{prof}, {tp}, {len(reqs)} requests: {workload_label(args, args.rate, reqs)}")
         print_table([summary])
         for r in summary.get("slo_attainment", {}).get("slos", []):
             v = "never" if r["value_s"] is None else f"{r['value_s']:.3f}s"
@@ -287,28 +299,35 @@ def engine_setup(args, cfg, reqs):
     return factory(model, backend=args.backend, device=device), clock, name, reqs
 
 
-def cmd_goodput(args) -> int:
-    from .metrics import SLO, goodput_search, summarize
+def _goodput_point(job) -> bool:
+    """Whether every SLO holds at one rate (module level: it runs on other processes or Dask)."""
+    from .metrics import summarize
     from .run import run_serving
     from .workload import with_rate
+    base, rate, cfg, slos, seed, burstiness = job
+    res = run_serving(with_rate(base, rate, seed, burstiness), cfg)
+    return summarize(res.sequences, slos, cfg.gpus)["slo_attainment"]["all_met"]
+
+
+def cmd_goodput(args) -> int:
+    from . import sweep
+    from .metrics import SLO, goodput_search_parallel
     if not args.slo:
         raise PdlabError("goodput needs at least one --slo METRIC:pNN:SECONDS")
     slos = [SLO.parse(s) for s in args.slo]
     cfg = config_from(args)
     args.num_requests = args.num_requests or 500
     base = requests_from(args, 1.0)
-    cache = {}
-
-    def meets(rate):
-        res = run_serving(with_rate(base, rate, args.seed, args.burstiness), cfg)
-        s = summarize(res.sequences, slos, cfg.gpus)
-        cache[rate] = s
-        return s["slo_attainment"]["all_met"]
-
-    g = goodput_search(meets, start=1.0)
+    jobs = sweep.check_jobs(args.jobs)
+    # the rates the search may ask next are simulated together, one per core; the answer is the
+    # sequential search's whatever the number of jobs
+    with sweep.mapper(jobs if args.dask is None else 1, args.dask) as run_all:
+        def meets_many(rates):
+            return run_all(_goodput_point, [(base, r, cfg, slos, args.seed, args.burstiness) for r in rates])
+        g, asked = goodput_search_parallel(meets_many, width=jobs, start=1.0)
     out = {"goodput_rps": g, "goodput_rps_per_gpu": g / cfg.gpus, "gpus": cfg.gpus, "mode": cfg.mode,
            "model": cfg.model, "gpu": cfg.gpu, "slos": [str(s) for s in slos], "num_requests": len(base),
-           "rates_tried": len(cache), "clock": f"simulated (cost model: {cfg.gpu}, {cfg.model})"}
+           "rates_tried": len(set(asked)), "clock": f"simulated (cost model: {cfg.gpu}, {cfg.model})"}
     if args.json:
         print(json.dumps(out, sort_keys=True))
     else:
@@ -336,17 +355,30 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_simulate)
     g = sub.add_parser("goodput", help="highest request rate meeting every SLO")
     add_serving_args(g, rate=False)
+    g.add_argument("--jobs", type=_positive_int("--jobs"), default=None,
+                   help="simulations at a time: processes here, or tasks on the --dask cluster (default: every core)")
+    g.add_argument("--dask", default=None, metavar="ADDRESS",
+                   help="run the simulations on a Dask cluster (scheduler address; pdlab[dask])")
     g.set_defaults(func=cmd_goodput)
     d = sub.add_parser("demo", help="the three modes side by side + an HTML report")
     d.add_argument("--out", default="pdlab-demo.html", help="report file (default pdlab-demo.html)")
     d.add_argument("--num-requests", type=_positive_int("--num-requests"), default=600)
     d.set_defaults(func=cmd_demo)
+    from . import fidelity
+    c = sub.add_parser("compare", help="simulated vs measured latencies of measured serving runs")
+    fidelity.add_compare(c)
+    add_serving_args(c, workload=False)
+    c.set_defaults(func=lambda a: fidelity.cmd_compare(a, config_from(a)))
     # the engine commands import torch: only load them when asked for
     argv = sys.argv[1:] if argv is None else argv
     for name, help_ in (("generate", "stream text from the tiny model through the paged engine"),
-                        ("calibrate", "fit the cost model to steps measured on this machine")):
+                        ("calibrate", "fit the cost model to steps measured on this machine, or (--measured) to measured serving runs")):
         q = sub.add_parser(name, help=help_)
-        if argv and argv[0] == name:
+        if argv and argv[0] == name == "calibrate" and "--measured" in argv:
+            fidelity.add_calibrate_measured(q)            # torch-free: a fit to measured serving runs
+            add_serving_args(q, workload=False)
+            q.set_defaults(func=lambda a: fidelity.cmd_calibrate_measured(a, config_from(a)))
+        elif argv and argv[0] == name:
             import importlib
             mod = importlib.import_module(f"pdlab.engine.{name}")
             mod.add_arguments(q)

@@ -150,6 +150,64 @@ def test_simulate_with_the_real_engine_gives_the_same_json(capsys):
     assert d["output_tokens"] == 24
 
 
+def test_simulate_imports_no_heavy_module_and_ctrl_c_is_one_line(tmp_path):
+    """``pdlab simulate`` starts fast (no torch, numba or plotly) and Ctrl-C ends it with one
+    line on stderr and exit code 130."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    code = ("import sys; from pdlab.cli import main; main(['simulate', '--num-requests', '20', '--json']); "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'numba', 'plotly', 'scipy'}))")
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
+    p = subprocess.Popen([sys.executable, "-m", "pdlab", "simulate", "--num-requests", "300000", "--json"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    time.sleep(3)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err
+    assert err.strip() == "pdlab: interrupted" and out == ""
+
+
+def test_goodput_is_the_same_for_any_number_of_jobs_and_on_dask(capsys):
+    """The search simulates several candidate rates per round; its answer is the sequential
+    search's, on one process, two, or a Dask LocalCluster."""
+    argv = ["goodput", "--mode", "chunked", "--workload", "azure-conv", "--num-requests", "80",
+            "--slo", "ttft:p90:0.5", "--slo", "tpot:p90:0.04", "--json"]
+    outs = []
+    for jobs in ("1", "2", "5"):
+        rc, out, _ = run(capsys, *argv, "--jobs", jobs)
+        assert rc == 0
+        outs.append(json.loads(out))
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster:
+        rc, out, _ = run(capsys, *argv, "--jobs", "3", "--dask", cluster.scheduler_address)
+        assert rc == 0
+        outs.append(json.loads(out))
+    assert outs[0]["goodput_rps"] > 0
+    assert all(o == outs[0] for o in outs), outs
+
+
+def test_goodput_search_parallel_equals_the_sequential_search():
+    from pdlab.metrics import goodput_search, goodput_search_parallel
+    for threshold in (0.0, 3e-5, 0.37, 1.0, 5.3, 77.7, 2e5):
+        meets = lambda r: r <= threshold  # noqa: E731
+        seq = goodput_search(meets)
+        for width in (1, 2, 3, 7, 16):
+            calls = []
+
+            def many(rates):
+                calls.append(len(rates))
+                return [meets(r) for r in rates]
+            got, asked = goodput_search_parallel(many, width=width)
+            assert got == seq
+            assert max(calls) <= width
+
+
 def test_one_pool_size_states_the_other(capsys):
     rc, out, err = run(capsys, "simulate", "--mode", "disaggregated", "--prefill-gpus", "2",
                        "--num-requests", "30", "--json")

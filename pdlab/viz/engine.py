@@ -17,7 +17,7 @@ from plotly.subplots import make_subplots
 from ..hardware import GpuSpec
 from ..models import ModelSpec, arithmetic_intensity
 from ..sim.costmodel import CostModel, ridge_point
-from .style import DECODE, LAYOUT, PREFILL
+from .style import DECODE, LAYOUT, PREFILL, decade_ticks
 
 
 def _fig(widget: bool, fig: go.Figure) -> go.Figure:
@@ -72,7 +72,7 @@ def phase_scaling_figure(prompt_lengths, prefill_s, batch_sizes, decode_s, devic
     fig.update_layout(**{**LAYOUT, "height": 460, "margin": dict(l=60, r=20, t=80, b=110),
                          "legend": dict(orientation="h", yanchor="top", y=-0.22, x=0.5, xanchor="center"),
                          "title": f"Prefill vs decode, measured on {device} (tiny model, paged engine)"})
-    return fig
+    return decade_ticks(fig)
 
 
 def roofline_points(gpu: GpuSpec, model: ModelSpec, decode_batch: int, prefill_tokens: int,

@@ -95,7 +95,11 @@ def test_log_axes_spanning_decades_label_only_powers_of_ten(runs):
     tl = viz.batch_timeline(runs["aggregated"])             # 1 to thousands of tokens
     assert tl.layout.yaxis.dtick == 1
     narrow = viz.sweep_lines([1, 2], {"a": [10.0, 14.0]}, "t", "x", "y", log_y=True)
-    assert narrow.layout.yaxis.dtick is None                # under a decade: plotly's own ticks
+    assert narrow.layout.yaxis.tickmode == "auto"           # under a decade: plotly's own ticks
+    w = viz.empty_widget()                                  # a widget refreshed wide, then narrow
+    viz.refresh(w, t)
+    viz.refresh(w, viz.cdf({"a": np.array([0.010, 0.011, 0.012])}, "itl", tail=True, log_x=True))
+    assert w.layout.xaxis.tickmode == "auto"
     linear = viz.cdf(viz.metric_arrays(runs, "ttft"), "ttft")
     assert linear.layout.xaxis.dtick is None
 

@@ -107,7 +107,9 @@ def read_trace(path: str | Path, show_progress: bool = False) -> list[Request]:
         return reqs
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
-        cols = list(reader.fieldnames or [])
+        # spaces after the commas and a spreadsheet's byte-order mark are not part of a name
+        cols = [c.strip().lstrip("\ufeff") for c in reader.fieldnames or []]
+        reader.fieldnames = cols
         check_csv_header(cols, f"{path}:1")
         timed = "arrived_at" in cols
         for ln, row in enumerate(_rows(reader, show_progress, path), 2):

@@ -129,7 +129,7 @@ def add_calibrate_measured(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--out", required=True, help="profile JSON to write")
     p.add_argument("--params", default=None,
                    help="comma-separated terms to fit (default: mfu,mbu,decode_mbu,step_overhead_s,seq_overhead_s,"
-                        "running_overhead_s for the roofline; running_overhead_s,token_overhead_s on a step profile)")
+                        "running_overhead_s for the roofline; step_overhead_s,running_overhead_s,token_overhead_s on a step profile)")
     p.add_argument("--max-evals", type=int, default=600, help="simulations the optimiser may run per start")
     p.add_argument("--engine", default=None, help="what was measured, recorded in the profile (e.g. 'vLLM 0.2')")
     p.add_argument("--quiet", action="store_true")

@@ -59,7 +59,7 @@ class Sequence:
                  "num_computed", "num_cached", "block_table", "output_ids", "_times",
                  "first_scheduled", "finish_time", "reject_reason", "num_preemptions",
                  "transfer_start", "transfer_end", "worker", "finish_at", "_hashes",
-                 "_group", "_g0", "_nt0", "_gep", "_rank")
+                 "_group", "_g0", "_nt0", "_gep", "_gblk", "_rank")
 
     def __init__(self, request: Request):
         self.request = request
@@ -87,7 +87,7 @@ class Sequence:
         # while in a worker's DecodeGroup (pdlab.serving.decoding): the group, the group step it
         # joined at, its num_tokens then, and its membership number (0: not a member)
         self._group = None
-        self._g0 = self._nt0 = self._gep = self._rank = 0
+        self._g0 = self._nt0 = self._gep = self._gblk = self._rank = 0
 
     @property
     def token_times(self) -> list[float]:

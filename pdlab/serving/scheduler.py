@@ -42,7 +42,7 @@ class Scheduler:
         # keep a little memory free before admitting more, so running streams can grow
         self.watermark = block_manager.num_blocks // 100
         self.lazy = False                      # keep steady decodes as a DecodeGroup
-        self.group = DecodeGroup(block_manager.block_size)
+        self.group = DecodeGroup(block_manager)
         self._formed = False                   # the group holds this worker's decoding sequences
         self.prefilling: list[Sequence] = []   # while formed: running sequences not in the group
         self._ranks = 0                        # admission counter (running order)
@@ -171,7 +171,7 @@ class Scheduler:
                 if not self._formed:
                     self._form_group()
                 if g.n:
-                    g.open_blocks(bm)
+                    g.open_blocks()
                     batch.group_decodes = g.n
                     batch.decode_context += g.ctx
                     g.inflight = True
@@ -226,7 +226,7 @@ class Scheduler:
         n = len(self.running)
         if self.decode_budget < n or self.bm.num_free < n:
             return 0
-        g.open_blocks(self.bm)
+        g.open_blocks()
         return g.n
 
     def _form_group(self) -> None:

@@ -201,3 +201,13 @@ def test_bare_skips_the_template_only_inside():
 def test_widget_flag_returns_figurewidget(runs):
     assert isinstance(viz.batch_timeline(runs["chunked"], widget=True), go.FigureWidget)
     assert isinstance(viz.token_raster(runs["chunked"], widget=True), go.FigureWidget)
+
+
+def test_longest_stall_holds_the_prefills_that_caused_it(runs):
+    agg, chunked = analysis.longest_stall(runs["aggregated"]), analysis.longest_stall(runs["chunked"])
+    assert agg["gap_s"] == pytest.approx(float(analysis.max_gaps(runs["aggregated"]).max()))
+    cm = CostModel.from_names("h100", "llama-3-8b")
+    # aggregated: the freeze is prefill-only iterations, and lasts at least as long as they take
+    assert agg["prefill_iterations"] >= 1 and agg["prefill_tokens"] >= 4096
+    assert agg["gap_s"] >= cm.prefill_time(agg["prefill_tokens"] // agg["prefill_iterations"]) * 0.99
+    assert chunked["gap_s"] < agg["gap_s"]

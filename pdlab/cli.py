@@ -93,7 +93,7 @@ def cmd_simulate(args) -> int:
             if cfg.proxy_overhead_s:
                 tp += f" (+{cfg.proxy_overhead_s:g}s proxy)"
         prof = f", profile {summary['profile']}" if args.executor != "model" else ""
-        print(f"{summary['clock']}{prof}, {tp}, {len(reqs)} requests: {workload_label(args, args.rate, reqs)}")
+        print(f"{summary['clock']}{prof}, {tp}, {len(reqs)} requests: {workload_label(args, args.rate)}")
         print_table([summary])
         for r in summary.get("slo_attainment", {}).get("slos", []):
             v = "never" if r["value_s"] is None else f"{r['value_s']:.3f}s"

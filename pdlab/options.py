@@ -185,7 +185,8 @@ def requests_from(args, rate: float | None):
         reqs = traces.read_trace(args.trace, show_progress=True)
         if n is not None:
             reqs = reqs[:n]
-        if rate is not None or not traces.has_arrivals(reqs):
+        args.trace_own_times = rate is None and traces.has_arrivals(reqs)   # for the run's header
+        if not args.trace_own_times:
             if rate is None:    # a deliberate lengths-only CSV: say that the arrivals are ours
                 print(f"pdlab: note: {args.trace} has no arrived_at column: arrivals are generated "
                       f"at {DEFAULT_RATE:g} req/s (seed {args.seed}); --rate sets the rate", file=sys.stderr)
@@ -205,13 +206,15 @@ def requests_from(args, rate: float | None):
                             show_progress=True)
 
 
-def workload_label(args, rate: float | None, reqs) -> str:
-    """What a run served, defaults named as such: the header of ``simulate``'s table."""
-    from .traces import has_arrivals
+def workload_label(args, rate: float | None) -> str:
+    """What a run served, defaults named as such: the header of ``simulate``'s table (after
+    ``requests_from``, which says whether a trace kept its own timestamps)."""
     if args.trace:
         what = f"trace {args.trace}"
-        if rate is None and has_arrivals(reqs):
+        if getattr(args, "trace_own_times", False):
             return f"{what} at its own timestamps"
+        if rate is None:
+            what += " (lengths only)"
     elif args.input_len is not None:
         what = f"fixed lengths {args.input_len} in / {args.output_len} out"
     else:

@@ -118,7 +118,9 @@ def read_trace(path: str | Path, show_progress: bool = False) -> list[Request]:
         return reqs
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
-        cols = list(reader.fieldnames or [])
+        # spaces after the commas and a spreadsheet's byte-order mark are not part of a name
+        cols = [c.strip().lstrip("\ufeff") for c in reader.fieldnames or []]
+        reader.fieldnames = cols
         if "session_id" in cols:
             check_csv_header(cols, f"{path}:1", SESSION_COLUMNS)
             return _read_sessions(path, reader, cols)

@@ -26,9 +26,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 
 from . import sweep
-from .config import ROUTERS, ServingConfig
+from .config import ServingConfig
 from .errors import PdlabError
-from .metrics import SLO, summarize
+import numpy as np
+
+from .gcpause import gc_paused
+from .metrics import SLO, per_request, slo_report
 from .request import Request
 from .workload import with_rate
 
@@ -46,13 +49,19 @@ class Space:
     modes: tuple[str, ...] = ("aggregated", "chunked", "disaggregated")
     chunks: tuple[int, ...] = CHUNKS              # chunked token budgets
     tps: tuple[int, ...] | None = None            # None: every TP that divides num_gpus and the model
-    routers: tuple[str, ...] = ROUTERS
+    routers: tuple[str, ...] | None = None        # None: round-robin, least-loaded, and kv-aware with the prefix cache
     link: str | float = "nvlink"
     prefix_cache: bool = False
     max_num_seqs: int = 256
     block_size: int = 16
     num_blocks: int | None = None
     profile: str | None = None
+
+    def router_choices(self) -> tuple[str, ...]:
+        """The routers worth trying: KV-aware routing only matters when there is a cache to aim at."""
+        if self.routers:
+            return self.routers
+        return ("least-loaded", "round-robin") + (("kv-aware",) if self.prefix_cache else ())
 
     def configs(self) -> tuple[list[ServingConfig], list[str]]:
         """Every valid configuration, and why the others were left out."""
@@ -75,7 +84,7 @@ class Space:
                 if n % tp:
                     continue
                 r = n // tp
-                routers = self.routers if r > 1 else self.routers[:1]
+                routers = self.router_choices() if r > 1 else self.router_choices()[:1]
                 chunks = self.chunks if mode == "chunked" else (None,)
                 cands += [replace(base, mode=mode, tp=tp, num_gpus=r, chunk_size=c, router=ro)
                           for c in chunks for ro in routers]
@@ -164,16 +173,20 @@ def evaluate(task: tuple) -> dict:
 
     def meets(rate: float) -> bool:
         res = run_serving(with_rate(reqs, rate, seed, burstiness), cfg)
-        s = summarize(res.sequences, slos, cfg.gpus)
-        a = s["slo_attainment"]
+        with gc_paused():                             # no cycles here; a collection would rescan token lists
+            arr = per_request(res.sequences)          # once: every number below reads these arrays
+        a = slo_report(arr, slos)
         ok = a["requests_within"] >= target if count == "request" else a["all_met"]
-        tpot = s["tpot_s"]["mean"]
+        done = np.isfinite(arr["e2e"])
+        arrival = np.array([q.arrival for q in res.sequences])
+        span = float((arrival + arr["e2e"])[done].max() - arrival.min()) if done.any() else 0.0
+        tpot = arr["tpot"][done & np.isfinite(arr["tpot"])]
         points.append({"rate": rate, "met": bool(ok), "requests_within": a["requests_within"],
-                       "tok_s_per_gpu": s["throughput_tok_s"] / cfg.gpus,
-                       "tok_s_per_user": 1.0 / tpot if tpot else 0.0,
+                       "tok_s_per_gpu": float(arr["n_out"].sum()) / span / cfg.gpus if span else 0.0,
+                       "tok_s_per_user": 1.0 / float(tpot.mean()) if tpot.size and tpot.mean() > 0 else 0.0,
                        "ratios": {_k(r): (float("inf") if r["value_s"] is None else r["value_s"] / r["target_s"])
                                   for r in a["slos"]},
-                       "within": _within_each(res.sequences, slos)})
+                       "within": {str(x): slo_report(arr, [x])["requests_within"] for x in slos}})
         return ok
 
     first = default_start(cfg, reqs)
@@ -226,13 +239,6 @@ def default_start(cfg: ServingConfig, reqs: list[Request]) -> float:
 
 def _k(r: dict) -> str:
     return f"{r['metric']}:p{r['percentile']:g}:{r['target_s']:g}"
-
-
-def _within_each(seqs, slos) -> dict:
-    """Per SLO alone, the share of requests within its seconds (what binds in DistServe's count)."""
-    from .metrics import per_request, slo_report
-    arr = per_request(seqs)
-    return {str(s): slo_report(arr, [s])["requests_within"] for s in slos}
 
 
 def _binding(p: dict, count: str) -> str:

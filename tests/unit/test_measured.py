@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from pdlab.cli import main
 from pdlab.config import ServingConfig
@@ -154,6 +155,25 @@ def test_new_cost_terms_are_plain_additions_and_default_to_zero():
     assert cm.with_efficiency(decode_mbu=cm.eff.mbu).time_for(d) == pytest.approx(cm.time_for(d))
     kv = cm.model.kv_bytes_per_token * 64 * 2048 / (cm.gpu.hbm_tbps * 1e12 * cm.eff.mbu)
     assert cm.with_efficiency(decode_mbu=cm.eff.mbu / 2).time_for(d) == pytest.approx(cm.time_for(d) + kv)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 300), st.integers(0, 10 ** 6), st.floats(0, 1e-3), st.floats(0, 1e-3), st.floats(0, 1e-3),
+       st.sampled_from([0.0, 0.3, 0.9]), st.sampled_from([1, 2]))
+def test_fast_forward_decode_time_includes_the_new_terms_bit_for_bit(n, ctx, tok, run, blk, dmbu, tp):
+    cm = CostModel.from_names("a100-80gb", "opt-13b", tp).with_efficiency(
+        token_overhead_s=tok, running_overhead_s=run, block_overhead_s=blk, decode_mbu=dmbu)
+    assert cm.decode_step_time(n, ctx) == cm.time_for(StepShape(n, n, n, decode_ctx=ctx, running=n))
+    sp = load_profile(VLLM_STEP).cost_model("a100-80gb", "opt-13b", tp).with_efficiency(running_overhead_s=run)
+    assert sp.decode_step_time(n, ctx) == sp.time_for(StepShape(n, n, n, decode_ctx=ctx, running=n))
+
+
+def test_fitted_profile_runs_the_same_with_and_without_fast_forward():
+    cfg = dict(mode="aggregated", model="opt-13b", gpu="a100-80gb", profile=str(PROFILES / "a100-80gb-opt-13b-vllm.json"))
+    reqs = read_measured(DS / "vllm-200-2.csv").requests
+    fast = run_serving(reqs, ServingConfig(**cfg)).summary()
+    exact = run_serving(reqs, ServingConfig(**cfg, exact_steps=True)).summary()
+    assert fast == exact
 
 
 def test_running_count_reaches_the_cost_model():

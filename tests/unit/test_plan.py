@@ -52,6 +52,8 @@ def test_space_covers_modes_budgets_splits_pool_tp_and_routers():
     dis = [c for c in cfgs if c.mode == "disaggregated"]
     assert {(c.pool_tp("prefill"), c.pool_tp("decode")) for c in dis} >= {(1, 1), (2, 1), (1, 2), (4, 4)}
     assert "disaggregated 2P(tp2):1D(tp4)" in labels
+    cached, _ = P.Space(num_gpus=2, prefix_cache=True).configs()
+    assert "kv-aware" in {c.router for c in cached}
 
 
 def test_a_model_that_does_not_fit_is_left_out_with_the_reason():

@@ -9,6 +9,7 @@ place, or build a fresh figure and copy it into a widget with ``refresh(widget, 
     costs     single-step cost-model figures: piggybacking, KV capacity, decode throughput
     engine    labs 00-01: the real engine's step times and the roofline
     kernels   lab 02: the attention kernels
+    diagnosis pdlab diagnose and plan: the symptom table, lengths, ITL around long prompts, the Pareto front
     prefix    lab 07: prefix reuse, routers, per-replica load, the host tier's break-even
 
 Every figure names its clock: "simulated (cost model: <model> on <gpu>)" or "measured on <device>".

@@ -31,6 +31,16 @@ def cpu_s() -> float:
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--jobs", type=int, default=None, help="processes (default: every core)")
@@ -48,13 +58,15 @@ def main() -> None:
     out = {
         "what": "pdlab plan over 8 GPUs: 1000 ShareGPT requests, llama-3-8b on h100 (simulated), "
                 "SLOs ttft:p90:0.5 + tpot:p90:0.05 counted per request, every configuration of plan.Space",
-        "date": date.today().isoformat(), "cpu": platform.machine(), "python": platform.python_version(),
+        "date": date.today().isoformat(), "cpu": cpu_model(), "python": platform.python_version(),
         "cores_available": default_jobs(), "jobs": jobs, "load_average_1min_before": round(load0, 2),
         "goal_wall_s": 60.0, "wall_s": round(wall, 2), "cpu_s_all_processes": round(cpu, 2),
         "configurations": res["configurations"], "refined": res["refined"], "simulations": probes,
         "best": {k: res["best"][k] for k in ("label", "goodput_rps", "goodput_rps_per_gpu", "binding")},
         "runner_ups": [{k: r[k] for k in ("label", "goodput_rps_per_gpu")} for r in res["runner_ups"]],
-        "note": "wall time depends on free cores: cpu_s_all_processes / jobs is the wall time on idle cores",
+        "load_average_1min_after": round(os.getloadavg()[0], 2),
+        "note": "wall time depends on free cores (this machine's 2 cores are shared with other work: see the "
+                "load averages); cpu_s_all_processes / jobs bounds the wall time on idle cores",
     }
     path = Path(args.out or ROOT / "bench" / "results" / f"plan-speed-cpu-{out['date']}.json")
     path.write_text(json.dumps(out, indent=2) + "\n")

@@ -112,7 +112,7 @@ def read_trace(path: str | Path, show_progress: bool = False) -> list[Request]:
                 if "timestamp" not in row:
                     raise PdlabError(f"{where}: missing 'timestamp'")
                 t = _time_field(row.get("timestamp"), "timestamp", where, 1e-3)
-                if reqs:
+                if reqs and row.get("session_id") is None:   # a session trace orders each session (below)
                     _check_order(t, reqs[-1].arrival, "timestamp", where)
                 pin = _int_field(row, "input_length", where)
                 pout = _int_field(row, "output_length", where)

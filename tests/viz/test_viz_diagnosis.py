@@ -43,3 +43,12 @@ def test_pareto_figure_marks_the_front_and_the_winner():
     names = [t.name for t in f.data]
     assert names == ["chunked", "disaggregated", "Pareto front", "best"]
     assert f.data[1].marker.symbol == ("circle-open",)
+
+
+def test_diagnose_dashboard_slider_redraws():
+    from pdlab.lab.diagnose_dashboard import DiagnoseDashboard
+    dash = DiagnoseDashboard(n=60, rate=2.0)
+    before = list(dash.figures["symptoms"].data[0].y)
+    dash.controls["rate"].value = 14.0
+    assert list(dash.figures["symptoms"].data[0].y) != before
+    assert "verdict" in dash.status_line.value

@@ -296,3 +296,39 @@ def check_decode_step_cost(fn) -> bool:
     yf, yb = (float(v) for v in fn(MODELS["llama-3-8b"], 64, 1024))
     return report("Ex 1.1 decode step cost (4 cases; llama-3-8b batch 64 @ 1024: FLOP/byte)", True,
                   round(yf / yb, 2), round(ef / eb, 2))
+
+
+# --- lab 07: prefix reuse and routing ---------------------------------------------------------
+
+def reference_kv_cost(prompt_blocks: int, device_hit: int, host_hit: int, queued: int, active: int,
+                      overlap_weight: float = 1.0, load_weight: float = 1.0, host_weight: float = 0.75) -> float:
+    """One replica's kv-aware cost, computed by the router itself (``pdlab.serving.router``)."""
+    from types import SimpleNamespace
+
+    from ..config import ServingConfig
+    from ..request import Request, Sequence
+    from ..serving.router import Router
+
+    w = SimpleNamespace(index=0, sched=SimpleNamespace(kv_load=lambda: (queued, active)))
+    index = SimpleNamespace(overlap=lambda i, hashes, now: (device_hit, host_hit), routed=lambda *a: None)
+    cfg = ServingConfig(router="kv-aware", overlap_weight=overlap_weight, load_weight=load_weight,
+                        host_weight=host_weight, block_size=16)
+    r = Router("kv-aware", [w], cfg, index)
+    return r.costs(Sequence(Request(0, 0.0, prompt_blocks * 16, 1)), 0.0, [w])[0]
+
+
+def check_kv_cost(fn) -> bool:
+    """Ex 7.1: ``fn(prompt_blocks, device_hit, host_hit, queued, active, overlap_weight, load_weight)``
+    -> the kv-aware cost of one replica (host hits count 0.75 of a device hit)."""
+    cases = [(100, 0, 0, 0, 0, 1.0, 1.0), (100, 80, 0, 30, 2000, 1.0, 1.0), (100, 40, 40, 0, 500, 2.0, 1.0),
+             (64, 64, 0, 10, 300, 4.0, 0.0), (64, 10, 0, 200, 3000, 0.0, 1.0)]
+    for c in cases:
+        ok, yours = attempt("Ex 7.1 kv_cost", fn, *c)
+        if not ok:
+            return False
+        expected = reference_kv_cost(*c)
+        if not (isinstance(yours, (int, float)) and close(float(yours), expected)):
+            return report(f"Ex 7.1 kv_cost{c}", False, yours, expected,
+                          hint="new = max(0, prompt_blocks - device_hit - 0.75 * host_hit); "
+                               "cost = overlap_weight * (new + load_weight * queued) + load_weight * active")
+    return report("Ex 7.1 kv_cost (5 replicas' states)", True, "all equal", "the router's costs")

@@ -21,7 +21,7 @@ from .errors import PdlabError
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
-    """--measured; the serving flags (``cli.add_serving_args``) are added by the CLI."""
+    """--measured; the serving flags (``options.add_serving_args``) are added by the CLI."""
     p.add_argument("--measured", nargs="+", required=True, metavar="FILE",
                    help="measured runs: CSV (arrived_at,num_prefill_tokens,num_decode_tokens,measured_ttft_ms,"
                         "measured_tpot_ms) or vLLM bench serve --save-detailed JSON")

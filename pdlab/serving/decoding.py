@@ -11,9 +11,13 @@ instead, and keeps them exact:
   (``ctx += n`` per step);
 - every group step appends one float to ``times``; a member's token times are the slice
   ``times[g0:g_leave]`` (``Sequence.token_times`` builds the list on demand);
-- a member opens a KV block at the steps where its context crosses a block boundary, and finishes
-  at the step where it reaches ``finish_at``: both are known when it joins, so they wait in
-  buckets keyed by group step (``boundary``, ``finish``) and cost nothing in between.
+- a member opens a KV block every ``block_size`` steps, at the steps congruent to its residue
+  ``(g0 + 1 - nt0) mod block_size``: a step opens ``phase_n[step % block_size]`` blocks, promised
+  by the block manager as a count (``BlockManager.reserve``) and named only when the member leaves
+  (``claim``); where promising would need a cached prefix evicted, that residue's members take
+  named blocks at once, as the per-sequence path would;
+- a member finishes at the step where it reaches ``finish_at``, known when it joins: it waits in
+  a bucket keyed by that step (``finish``) and costs nothing in between.
 
 The scheduler uses a group only on a clock that reads batch totals (the cost model) and only
 while no decode can be refused memory (every running sequence can get a block); otherwise it
@@ -30,18 +34,20 @@ from ..request import Sequence
 
 
 class DecodeGroup:
-    __slots__ = ("times", "step", "n", "ctx", "boundary", "finish", "members", "inflight", "block_size",
-                 "_epoch")
+    __slots__ = ("times", "step", "n", "ctx", "finish", "members", "inflight", "block_size", "bm",
+                 "phase_n", "phase", "_epoch")
 
-    def __init__(self, block_size: int):
-        self.block_size = block_size
+    def __init__(self, block_manager):
+        self.bm = block_manager
+        self.block_size = bs = block_manager.block_size
         self.times = array("d")    # end time of every group step of this worker
         self.step = 0              # group steps completed
         self.n = 0                 # members
         self.ctx = 0               # sum of the members' num_tokens (the decode batch's KV context)
-        self.boundary: dict[int, list] = {}   # group step -> [(seq, epoch)] opening a KV block then
         self.finish: dict[int, list] = {}     # step count -> [(seq, epoch)] finished once reached
         self.members: dict[int, Sequence] = {}
+        self.phase_n = [0] * bs    # members per block-boundary residue
+        self.phase: list[dict[int, Sequence]] = [{} for _ in range(bs)]
         self.inflight = False      # a group step has been scheduled and not yet postprocessed
         self._epoch = 0
 
@@ -51,22 +57,37 @@ class DecodeGroup:
         nt0 = seq.num_tokens
         self._epoch += 1
         ep = seq._gep = self._epoch
-        seq._group, seq._g0, seq._nt0 = self, g0, nt0
+        seq._group, seq._g0, seq._nt0, seq._gblk = self, g0, nt0, 0
         self.members[id(seq)] = seq
         self.n += 1
         self.ctx += nt0
-        end = g0 + seq.finish_at - nt0                 # step count at which it has all its tokens
-        self.finish.setdefault(end, []).append((seq, ep))
-        g = g0 + (1 - nt0) % self.block_size           # first step whose token opens a block
-        if g < end:
-            self.boundary.setdefault(g, []).append((seq, ep))
+        self.finish.setdefault(g0 + seq.finish_at - nt0, []).append((seq, ep))
+        r = (g0 + 1 - nt0) % self.block_size        # steps whose token opens a block
+        self.phase_n[r] += 1
+        self.phase[r][id(seq)] = seq
+
+    def _grown(self, seq: Sequence, upto: int) -> int:
+        """Blocks ``seq`` has opened in group steps ``[g0, upto)``."""
+        bs = self.block_size
+        first = seq._g0 + (1 - seq._nt0) % bs
+        return 0 if first >= upto else (upto - 1 - first) // bs + 1
+
+    def _name_blocks(self, seq: Sequence, upto: int) -> None:
+        k = self._grown(seq, upto) - seq._gblk
+        if k:
+            self.bm.claim(seq, k)
+            seq._gblk += k
 
     def _leave(self, seq: Sequence, upto: int) -> None:
-        """Write ``seq``'s counts back as of ``upto`` group steps and close its token-time piece."""
+        """Write ``seq``'s counts and blocks back as of ``upto`` group steps, close its token-time piece."""
+        self._name_blocks(seq, upto)
         nt = seq._nt0 + upto - seq._g0
         seq.num_tokens, seq.num_computed = nt, nt - 1
         if upto > seq._g0:
             seq._times.append((self.times, seq._g0, upto))
+        r = (seq._g0 + 1 - seq._nt0) % self.block_size
+        self.phase_n[r] -= 1
+        del self.phase[r][id(seq)]
         seq._gep = 0
         seq._group = None
         del self.members[id(seq)]
@@ -76,21 +97,16 @@ class DecodeGroup:
     def leave(self, seq: Sequence) -> None:
         self._leave(seq, self.step)
 
-    def open_blocks(self, bm) -> None:
-        """Allocate the blocks this step's tokens open (the caller checked there is room)."""
-        bucket = self.boundary.pop(self.step, None)
-        if bucket is None:
-            return
-        nxt = self.step + self.block_size
-        later = None
-        for seq, ep in bucket:
-            if seq._gep != ep:
-                continue                                # left the group since
-            bm.append_block(seq)
-            if nxt < seq._g0 + seq.finish_at - seq._nt0:
-                if later is None:
-                    later = self.boundary.setdefault(nxt, [])
-                later.append((seq, ep))
+    def open_blocks(self) -> None:
+        """The blocks this step's tokens open (the caller checked there are enough)."""
+        r = self.step % self.block_size
+        m = self.phase_n[r]
+        if m and not self.bm.reserve(m):
+            # promising would evict cached prefixes: name the blocks now, as the per-sequence path does
+            for seq in self.phase[r].values():
+                self._name_blocks(seq, self.step)
+                self.bm.append_block(seq)
+                seq._gblk += 1
 
     def advance(self, n_decoded: int, now: float) -> list[Sequence]:
         """A group step of ``n_decoded`` members ended at ``now``; returns the members that have
@@ -110,10 +126,9 @@ class DecodeGroup:
         return done
 
     def dissolve(self) -> None:
-        """Every member leaves (its counts written back): the per-sequence path takes over."""
+        """Every member leaves (its counts and blocks written back): the per-sequence path takes over."""
         for seq in list(self.members.values()):
             self._leave(seq, self.step)
-        self.boundary.clear()
         self.finish.clear()
 
 

@@ -42,7 +42,7 @@ class Scheduler:
         # keep a little memory free before admitting more, so running streams can grow
         self.watermark = block_manager.num_blocks // 100
         self.lazy = False                      # keep steady decodes as a DecodeGroup
-        self.group = DecodeGroup(block_manager.block_size)
+        self.group = DecodeGroup(block_manager)
         self._formed = False                   # the group holds this worker's decoding sequences
         self.prefilling: list[Sequence] = []   # while formed: running sequences not in the group
         self._ranks = 0                        # admission counter (running order)
@@ -77,6 +77,21 @@ class Scheduler:
 
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
+
+    def kv_load(self) -> tuple[int, int]:
+        """(prefill blocks queued here, KV blocks active here): the load terms of a KV-aware
+        router's cost. Active counts the blocks in use plus what waiting prompts will take."""
+        bs = self.bm.block_size
+        queued = active = 0
+        for s in self.waiting:
+            b = -(-(s.num_tokens - s.num_computed) // bs)
+            queued += b
+            active += b
+        for s in self.running:
+            left = s.num_tokens - s.num_computed
+            if left > 1 or s.num_tokens == s.prompt_len:
+                queued += -(-left // bs)
+        return queued, self.bm.num_used + active
 
     @property
     def load(self) -> int:
@@ -120,6 +135,7 @@ class Scheduler:
                 self.prefilling.append(seq)
             self.bm.allocate(seq, n)
             batch.add_prefill(seq, int(n))
+            batch.reload_s += seq.reload_s
             budget -= n
         return budget
 
@@ -171,7 +187,7 @@ class Scheduler:
                 if not self._formed:
                     self._form_group()
                 if g.n:
-                    g.open_blocks(bm)
+                    g.open_blocks()
                     batch.group_decodes = g.n
                     batch.decode_context += g.ctx
                     g.inflight = True
@@ -226,7 +242,7 @@ class Scheduler:
         n = len(self.running)
         if self.decode_budget < n or self.bm.num_free < n:
             return 0
-        g.open_blocks(self.bm)
+        g.open_blocks()
         return g.n
 
     def _form_group(self) -> None:

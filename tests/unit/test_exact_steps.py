@@ -3,6 +3,7 @@ with ``exact_steps`` (every decode walked sequence by sequence), in every mode, 
 prefix caching and several replicas."""
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from pdlab import ServingConfig, run_serving
@@ -76,3 +77,15 @@ def test_decode_step_time_is_time_for_bit_for_bit(n, ctx, model, tp, gpu, prefil
     cm = CostModel.from_names(gpu, model, tp).with_efficiency(prefill_overhead_s=prefill_overhead)
     assert cm.decode_step_time(n, ctx) == cm.time_for(StepShape(n, n, n, decode_ctx=ctx))
     assert cm.decode_step_time(n, ctx) == cm.time_for(StepShape.decode(n, 0)._replace(decode_ctx=ctx))
+
+
+@pytest.mark.parametrize("profile", ["data/profiles/a100-80gb-opt-13b-vllm.json",
+                                     "data/profiles/a100-80gb-opt-13b-distserve.json"])
+def test_fast_path_equals_exact_steps_with_fitted_profiles(profile):
+    """Fitted engines add per-sequence, per-token and per-block terms (and a step-profile kind):
+    the steady-decode fast path prices them exactly as the per-sequence path does."""
+    from pdlab.workload import make_requests
+    reqs = make_requests(120, 2.0, "sharegpt", seed=11)
+    for mode in ("aggregated", "chunked", "disaggregated"):
+        kw = {"prefill_tp": 2} if mode == "disaggregated" and profile.endswith("distserve.json") else {}
+        assert_same(reqs, ServingConfig(mode=mode, model="opt-13b", gpu="a100-80gb", profile=profile, **kw))

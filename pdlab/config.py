@@ -36,6 +36,7 @@ class ServingConfig:
     first_token_from: str = "prefill"  # disaggregated: who returns the first token (DistServe: prefill;
                                        # vLLM/SGLang P/D proxies: decode, after the KV transfer)
     proxy_overhead_s: float = 0.0      # disaggregated: proxy round trips between prefill done and decode start
+    exact_steps: bool = False          # simulate every decode sequence by sequence (the reference path)
     # prefix reuse and KV-aware routing (pdlab.serving.router, kvindex, offload)
     overlap_weight: float = 1.0        # kv-aware: weight of the prefill blocks (cache overlap) in the cost
     load_weight: float = 1.0           # kv-aware: weight of the load terms (1: Dynamo's cost; 0: pure affinity)

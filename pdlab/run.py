@@ -14,15 +14,16 @@ from .config import ServingConfig
 from .request import Request
 from .serving import Cluster, ExecutorFactory, RunResult
 from .serving.cluster import StepHook
-from .sim import CostModel, CostModelExecutor, Efficiency
+from .sim import CostModel, CostModelExecutor
+from .sim.profiles import load_profile
 
 
 def cost_model_for(config: ServingConfig, role: str | None = None) -> CostModel:
     """The simulated replica of ``config`` that runs ``role`` ('prefill', 'decode', 'mixed'; None:
-    ``config.tp``): its GPU, model, the pool's TP and the efficiency profile."""
-    eff = Efficiency.load(config.profile) if config.profile else None
+    ``config.tp``): its GPU, model, the pool's TP and the profile (an efficiency profile's
+    roofline, or a step profile's own step-time model)."""
     tp = config.tp if role is None else config.pool_tp(role)
-    return CostModel.from_names(config.gpu, config.model, tp, eff)
+    return load_profile(config.profile).cost_model(config.gpu, config.model, tp, config.block_size)
 
 
 def pool_roles(config: ServingConfig) -> tuple[str, ...]:
@@ -40,12 +41,13 @@ def sim_clock(config: ServingConfig) -> str:
 
 def run_serving(requests: Iterable[Request], config: ServingConfig,
                 executor_factory: ExecutorFactory | None = None, clock: str | None = None,
-                on_step: StepHook | None = None) -> RunResult:
+                on_step: StepHook | None = None, cost_models: dict | None = None) -> RunResult:
     """Serve ``requests`` with ``config``. ``clock`` names where the seconds come from (set it
     with a real engine, e.g. "measured on NVIDIA H100"); ``on_step(worker, batch, result)`` sees
-    every iteration as it starts."""
+    every iteration as it starts. ``cost_models`` ({role: cost model}) replaces what
+    ``config.profile`` gives (a fit tries candidates this way)."""
     config = config.validate()
-    models = {role: cost_model_for(config, role) for role in pool_roles(config)}
+    models = cost_models or {role: cost_model_for(config, role) for role in pool_roles(config)}
     if config.num_blocks:
         num_blocks: int | dict = config.num_blocks
     else:   # what fits beside the weights on each pool's TP GPUs

@@ -73,9 +73,17 @@ def _time_field(raw, key: str, where: str, scale: float = 1.0) -> float:
     return v
 
 
-def read_trace(path: str | Path) -> list[Request]:
+def _rows(rows, show: bool, path: Path):
+    if not show:
+        return rows
+    from .progress import progress
+    return progress(rows, desc=f"reading {path.name}", unit="req")
+
+
+def read_trace(path: str | Path, show_progress: bool = False) -> list[Request]:
     """Requests from a CSV or Mooncake JSONL trace. Arrival is -1.0 where the file has none
-    (``has_arrivals`` tells); a malformed row raises PdlabError naming file and line."""
+    (``has_arrivals`` tells); a malformed row raises PdlabError naming file and line.
+    ``show_progress``: a bar on stderr for a long file (the CLI's)."""
     path = Path(path)
     if not path.is_file():
         raise PdlabError(f"trace file {path} not found")
@@ -83,7 +91,7 @@ def read_trace(path: str | Path) -> list[Request]:
     sessions = _SessionClock()
     if path.suffix == ".jsonl":
         with path.open() as f:
-            for ln, line in enumerate(f, 1):
+            for ln, line in enumerate(_rows(f, show_progress, path), 1):
                 if not line.strip():
                     continue
                 where = f"{path}:{ln}"
@@ -110,13 +118,15 @@ def read_trace(path: str | Path) -> list[Request]:
         return reqs
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
-        cols = list(reader.fieldnames or [])
+        # spaces after the commas and a spreadsheet's byte-order mark are not part of a name
+        cols = [c.strip().lstrip("\ufeff") for c in reader.fieldnames or []]
+        reader.fieldnames = cols
         if "session_id" in cols:
             check_csv_header(cols, f"{path}:1", SESSION_COLUMNS)
             return _read_sessions(path, reader, cols)
         check_csv_header(cols, f"{path}:1")
         timed = "arrived_at" in cols
-        for ln, row in enumerate(reader, 2):
+        for ln, row in enumerate(_rows(reader, show_progress, path), 2):
             where = f"{path}:{ln}"
             if None in row or any(v is None for v in row.values()):
                 raise PdlabError(f"{where}: expected {len(cols)} fields")

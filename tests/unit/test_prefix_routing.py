@@ -327,3 +327,13 @@ def test_simulate_json_has_the_prefix_keys(capsys):
         assert k in d
     assert set(d["ttft_split_s"]) == {"queueing", "transfer", "compute"}
     assert len(d["replica_load"]["kv_blocks"]) == 2 and sum(d["replica_load"]["requests"]) == 80
+
+
+def test_lab07_quotes_the_replicas_kv_capacity():
+    from pathlib import Path
+
+    from pdlab.lab.routing import LAB07
+    from pdlab.run import cost_model_for
+    text = (Path(__file__).resolve().parents[2] / "labs" / "src" / "07_prefix_and_routing.py").read_text()
+    tokens = cost_model_for(LAB07).num_blocks(LAB07.block_size) * LAB07.block_size
+    assert f"~{round(tokens, -4) // 1000}k tokens of KV each" in text.replace("\n# ", " ")

@@ -245,6 +245,19 @@ def test_disagg_threshold_prefills_short_prompts_on_the_decode_worker(threshold,
         assert "local_prefills" not in s["prefix_counters"] and s["kv_transfers"] == moved
 
 
+def test_a_sessions_next_turn_is_prefilled_where_its_history_landed():
+    """The KV that crossed the link is named on the decode worker, so the next turn's uncached
+    part (the last answer and the new question) is short enough to prefill there."""
+    spec = SessionSpec(turns=4, user_len=100, answer_len=100, think_s=5.0, system_len=1000)
+    reqs = make_sessions(60, 1.0, spec, seed=4)
+    assert min(r.prompt_len for r in reqs) > 600           # nothing is short without its history cached
+    s = run_serving(reqs, ServingConfig(mode="disaggregated", decode_gpus=2, prefix_cache=True,
+                                        disagg_threshold=600)).summary()
+    later_turns = 60 - len({r.session_id for r in reqs})
+    assert s["completed"] == 60 and later_turns > 10
+    assert 0.5 * later_turns <= s["prefix_counters"].get("local_prefills", 0) <= later_turns
+
+
 def test_bad_flag_combinations_are_one_line():
     with pytest.raises(PdlabError, match="needs --prefix-cache"):
         ServingConfig(offload_gb=10).validate()

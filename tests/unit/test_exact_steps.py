@@ -62,7 +62,7 @@ def test_fast_path_equals_exact_steps(rows, mode, num_blocks, replicas, chunk, p
 def test_fast_path_equals_exact_steps_under_pressure():
     """A busy run with many preemptions (the fallback to the per-sequence path and back)."""
     from pdlab.workload import make_requests
-    reqs = make_requests(300, 12.0, "sharegpt", seed=3)
+    reqs = make_requests(120, 12.0, "sharegpt", seed=3)
     for mode in ("aggregated", "chunked", "disaggregated"):
         res = assert_same(reqs, ServingConfig(mode=mode, num_blocks=500))
         assert sum(s.num_preemptions for s in res.sequences) > 0

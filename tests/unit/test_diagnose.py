@@ -161,6 +161,13 @@ def test_bad_measured_input_names_the_line_and_exits_2(tmp_path, capsys, rows, h
     assert rc == 2 and where in err and what in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
+def test_unsorted_trace_csv_names_the_line(tmp_path, capsys):
+    p = tmp_path / "t.csv"
+    p.write_text("arrived_at,num_prefill_tokens,num_decode_tokens\n0,10,3\n2,10,3\n1,10,3\n")
+    assert main(["diagnose", str(p)]) == 2
+    assert "t.csv:4: 'arrived_at' goes back in time" in capsys.readouterr().err
+
+
 def test_unsorted_jsonl_and_missing_key_name_the_line(tmp_path, capsys):
     p = tmp_path / "t.jsonl"
     p.write_text('{"timestamp": 5, "input_length": 10, "output_length": 3}\n'

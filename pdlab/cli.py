@@ -5,6 +5,7 @@
     pdlab demo       the three modes side by side, a table here and an HTML report
     pdlab generate   stream text from the tiny model through the paged engine
     pdlab calibrate  fit the cost model to steps measured on this machine
+    pdlab serve-disagg  prefill and decode workers in separate processes, KV over torch.distributed
 
 Bad input gets one line on stderr and exit code 2, never a traceback.
 """
@@ -226,12 +227,14 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
     # the engine commands import torch: only load them when asked for
     argv = sys.argv[1:] if argv is None else argv
-    for name, help_ in (("generate", "stream text from the tiny model through the paged engine"),
-                        ("calibrate", "fit the cost model to steps measured on this machine")):
+    for name, module, help_ in (
+            ("generate", "engine.generate", "stream text from the tiny model through the paged engine"),
+            ("calibrate", "engine.calibrate", "fit the cost model to steps measured on this machine"),
+            ("serve-disagg", "dist.serve", "disaggregated serving for real: worker processes, KV over torch.distributed")):
         q = sub.add_parser(name, help=help_)
         if argv and argv[0] == name:
             import importlib
-            mod = importlib.import_module(f"pdlab.engine.{name}")
+            mod = importlib.import_module(f"pdlab.{module}")
             mod.add_arguments(q)
             q.set_defaults(func=mod.run)
     return p

@@ -70,6 +70,7 @@ def test_1p1d_tokens_match_aggregated(runtime, workload, aggregated, transfer):
     else:
         assert not any(rec["overlapped"] for rec in log)
     assert summary["kv_transfer"]["count"] == len(log)
+    assert all(r["nccl_nvls_enable"] == "0" for r in runtime.ready)   # NVLink multicast stays off
 
 
 def test_full_decode_worker_loses_nothing(runtime, workload, aggregated):
@@ -115,3 +116,20 @@ def test_bad_flags_get_one_line():
                            env={**os.environ, "PYTHONPATH": str(ROOT)})
         assert p.returncode == 2 and what in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
     assert main  # the CLI entry point exists
+
+
+def test_torchrun_starts_the_same_run(tmp_path):
+    """Under torchrun rank 0 coordinates and ranks 1.. are the workers (the multi-host path)."""
+    import json
+    import shutil
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
+    if torchrun is None:
+        pytest.skip("torchrun not installed")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    p = subprocess.run([torchrun, "--standalone", "--nproc-per-node", "3", "-m", "pdlab", "serve-disagg",
+                        "--num-requests", "4", "--input-len", "24", "--output-len", "6", "--rate", "50",
+                        "--json", "--timeout", "120"], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    assert out["completed"] == 4 and out["mode"] == "disaggregated"
+    assert out["kv_transfer"]["count"] >= 1 and out["workers"] == ["prefill0", "decode0"]

@@ -63,7 +63,7 @@ def link_bench(rt, args) -> dict:
         rt.mail.send(f"w{i}", spec)
     got = {}
     while len(got) < rt.world:
-        msg = rt.mail.poll()
+        msg = rt.mail.poll(timeout=0.05)
         if msg is not None and msg["op"] == "bench_done":
             got[msg["worker"]] = msg["result"]
         rt.check()
@@ -144,13 +144,23 @@ def link_check(link: dict, sweep: dict) -> dict:
                     "mean_rel_error": float(rel.mean())}
 
         fit = link["p2p_fit"]
-        A = np.vstack([np.ones_like(b), b]).T
-        (lat, inv_bw), *_ = np.linalg.lstsq(A, t, rcond=None)
+        lat, gbps = fit_link(b, t)
         out[label] = {"from_send_bench": {"gbps": fit["gbps"], "latency_s": fit["latency_s"],
                                           **err(fit["gbps"], fit["latency_s"])},
-                      "fitted_to_transfers": {"gbps": float(1 / inv_bw / 1e9), "latency_s": float(lat),
-                                              **err(1 / inv_bw / 1e9, max(float(lat), 0.0))}}
+                      "fitted_to_transfers": {"gbps": gbps, "latency_s": lat, **err(gbps, lat)}}
     return out
+
+
+def fit_link(nbytes: np.ndarray, seconds: np.ndarray) -> tuple[float, float]:
+    """(latency s, GB/s) of ``latency + bytes / bandwidth`` with the least squared *relative*
+    error (the check reports relative errors; plain least squares would let the largest
+    transfers decide everything), latency >= 0."""
+    A = np.vstack([np.ones_like(nbytes), nbytes]).T / seconds[:, None]
+    (lat, inv_bw), *_ = np.linalg.lstsq(A, np.ones_like(seconds), rcond=None)
+    if lat < 0:                                           # refit through the origin
+        x = nbytes / seconds
+        lat, inv_bw = 0.0, float(x.sum() / (x * x).sum())
+    return float(lat), float(1 / inv_bw / 1e9)
 
 
 def main(argv=None) -> int:
@@ -162,7 +172,16 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="fewer requests and lengths (a smoke run)")
     p.add_argument("--num-requests", type=int, default=None)
     p.add_argument("--chunk", type=int, default=256, help="chunked mode's token budget")
+    p.add_argument("--recheck", default=None, metavar="JSON",
+                   help="recompute only the Link check of a saved run from its measured transfers")
     args = p.parse_args(argv)
+    if args.recheck:
+        path = Path(args.recheck)
+        saved = json.loads(path.read_text())
+        saved["link_model_check"] = link_check(saved["link_bench"], saved["transfer_vs_prompt"])
+        path.write_text(json.dumps(saved, indent=1) + "\n")
+        print(json.dumps(saved["link_model_check"], indent=1))
+        return 0
     gpu = args.device == "cuda"
     args.lengths = [64, 256, 1024, 4096, 8192] if gpu else [16, 64, 256, 1024, 2048]
     args.repeats, args.gap = (2, 0.4) if args.quick else (3, 0.5 if gpu else 0.6)

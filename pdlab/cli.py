@@ -4,8 +4,13 @@
     pdlab goodput    the highest request rate that meets every SLO
     pdlab demo       the three modes side by side, a table here and an HTML report
     pdlab generate   stream text from the tiny model through the paged engine
+<<<<<<< HEAD
     pdlab calibrate  fit the cost model to steps measured on this machine
     pdlab serve-disagg  prefill and decode workers in separate processes, KV over torch.distributed
+=======
+    pdlab calibrate  fit the cost model to steps measured on this machine (--measured: to served runs)
+    pdlab compare    simulated vs measured TTFT/TPOT/E2E of measured serving runs
+>>>>>>> main
 
 Bad input gets one line on stderr and exit code 2, never a traceback.
 """
@@ -18,8 +23,12 @@ import sys
 from dataclasses import replace
 
 from .errors import PdlabError
+from .options import (DEFAULT_RATE, _nonneg_float, _positive_float, _positive_int,  # noqa: F401
+                      add_serving_args, config_from, pool_sizes, requests_from, workload_label)
 
 EXIT_USAGE = 2
+EXIT_NOTHING_SERVED = 1     # the run itself worked; every request was rejected
+EXIT_INTERRUPTED = 130      # Ctrl-C, as a shell reports SIGINT
 
 
 class UsageError(PdlabError):
@@ -31,108 +40,42 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: error: {message}")
 
 
-def _positive_int(name):
-    def parse(text):
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a whole number, got '{text}'") from None
-        if v < 1:
-            raise argparse.ArgumentTypeError(f"{name} must be >= 1, got {v}")
-        return v
-    return parse
+def rejection_lines(result) -> list[str]:
+    """Rejected requests counted per reason (reasons that differ only in their numbers are one
+    reason; the largest request stands for its group)."""
+    import re
+    from collections import defaultdict
+
+    from .request import Status
+    groups: dict[str, list] = defaultdict(list)
+    for seq in result.sequences:
+        if seq.status is Status.REJECTED:
+            groups[re.sub(r"\d+", "#", seq.reject_reason or "no reason given")].append(seq)
+    lines = []
+    for seqs in sorted(groups.values(), key=len, reverse=True):
+        big = max(seqs, key=lambda q: q.prompt_len + q.max_new_tokens)
+        more = f" (the largest of {len(seqs)})" if len(seqs) > 1 else ""
+        lines.append(f"  {len(seqs)} rejected: {big.reject_reason}{more}")
+    return lines
 
 
-def _positive_float(name):
-    def parse(text):
-        try:
-            v = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a number, got '{text}'") from None
-        if not v > 0 or v == float("inf"):
-            raise argparse.ArgumentTypeError(f"{name} must be > 0, got {text}")
-        return v
-    return parse
-
-
-def add_serving_args(p: argparse.ArgumentParser, rate: bool = True) -> None:
-    g = p.add_argument_group("serving")
-    g.add_argument("--mode", default="chunked", help="aggregated | chunked | disaggregated (default chunked)")
-    g.add_argument("--model", default="llama-3-8b", help="model preset (default llama-3-8b)")
-    g.add_argument("--gpu", default="h100", help="GPU preset: h200 h100 a100-80gb l4 t4 cpu (default h100)")
-    g.add_argument("--num-gpus", type=_positive_int("--num-gpus"), default=None,
-                   help="replicas behind the router (disaggregated: a cap on prefill + decode)")
-    g.add_argument("--prefill-gpus", type=_positive_int("--prefill-gpus"), default=1)
-    g.add_argument("--decode-gpus", type=_positive_int("--decode-gpus"), default=1)
-    g.add_argument("--tp", type=_positive_int("--tp"), default=1, help="tensor parallelism per replica")
-    g.add_argument("--link", default="nvlink", help="KV link: nvlink pcie4 pcie5 ib-ndr eth-100g eth-25g, or GB/s")
-    g.add_argument("--chunk-size", type=_positive_int("--chunk-size"), default=None,
-                   help="token budget per iteration (chunked, default 512) or prefill chunk (disaggregated)")
-    g.add_argument("--max-num-seqs", type=_positive_int("--max-num-seqs"), default=256)
-    g.add_argument("--block-size", type=_positive_int("--block-size"), default=16)
-    g.add_argument("--num-blocks", type=_positive_int("--num-blocks"), default=None,
-                   help="KV blocks per worker (default: what fits in GPU memory)")
-    g.add_argument("--router", default="least-loaded", help="least-loaded | round-robin")
-    g.add_argument("--prefix-cache", action="store_true", help="reuse KV of shared prompt prefixes")
-    g.add_argument("--profile", default=None, help="calibrated cost-model profile (JSON from pdlab calibrate)")
-    w = p.add_argument_group("workload")
-    if rate:
-        w.add_argument("--rate", type=_positive_float("--rate"), default=None,
-                       help="Poisson arrivals per second (default: the trace's own, else 4)")
-    w.add_argument("--num-requests", type=_positive_int("--num-requests"), default=None,
-                   help="requests to simulate (default 1000, or the whole trace)")
-    src = w.add_mutually_exclusive_group()
-    src.add_argument("--workload", default=None, help="length preset: sharegpt arxiv azure-conv mooncake-conv chat-long")
-    src.add_argument("--trace", default=None, help="CSV (arrived_at,num_prefill_tokens,num_decode_tokens) or Mooncake JSONL")
-    w.add_argument("--input-len", type=_positive_int("--input-len"), default=None, help="fixed prompt length")
-    w.add_argument("--output-len", type=_positive_int("--output-len"), default=None, help="fixed output length")
-    w.add_argument("--burstiness", type=_positive_float("--burstiness"), default=1.0,
-                   help="squared CV of inter-arrival gaps: 1 Poisson, >1 bursty")
-    w.add_argument("--seed", type=int, default=0)
-    p.add_argument("--slo", action="append", default=[], metavar="METRIC:pNN:SECONDS",
-                   help="e.g. ttft:p90:0.4 (metrics ttft tpot itl e2e); repeatable")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-
-
-def config_from(args):
-    from .config import ServingConfig
-    return ServingConfig(mode=args.mode, model=args.model, gpu=args.gpu, tp=args.tp, num_gpus=args.num_gpus,
-                         prefill_gpus=args.prefill_gpus, decode_gpus=args.decode_gpus,
-                         chunk_size=args.chunk_size, max_num_seqs=args.max_num_seqs,
-                         block_size=args.block_size, num_blocks=args.num_blocks, link=args.link,
-                         router=args.router, prefix_cache=args.prefix_cache, profile=args.profile).validate()
-
-
-def requests_from(args, rate: float | None):
-    """The workload the flags describe; ``rate`` overrides trace timing when given."""
-    from . import traces
-    from . import workload as wl
-    if (args.input_len is None) != (args.output_len is None):
-        raise PdlabError("--input-len and --output-len go together")
-    if args.input_len is not None and (args.workload or args.trace):
-        raise PdlabError("--input-len/--output-len replace --workload/--trace: give one or the other")
-    n = args.num_requests
-    if args.trace:
-        reqs = traces.read_trace(args.trace)
-        if n is not None:
-            reqs = reqs[:n]
-        if rate is not None or not traces.has_arrivals(reqs):
-            reqs = wl.with_rate(reqs, rate or 4.0, args.seed, args.burstiness)
-        else:
-            t0 = reqs[0].arrival
-            reqs = [replace(r, arrival=r.arrival - t0) for r in reqs]
-        return reqs
-    if args.input_len is not None:
-        lengths = wl.Lengths("fixed", a=args.input_len, b=args.output_len)
-    else:
-        lengths = wl.preset_lengths(args.workload or "sharegpt")
-    return wl.make_requests(n or 1000, rate or 4.0, lengths, args.seed, args.burstiness)
+def overload_warning(result) -> str | None:
+    from .analysis import overload
+    o = overload(result)
+    if o is None:
+        return None
+    return (f"pdlab: warning: overloaded: the requests offer {o['offered_tok_s']:,.0f} tok/s (prompt + "
+            f"output) but the deployment served {o['served_tok_s']:,.0f} tok/s while they arrived "
+            f"({o['ratio']:.1f}x more than it serves); queues grow through the run (median TTFT "
+            f"{o['ttft_p50_first_quarter_s']:.2f} s for the first quarter of arrivals, "
+            f"{o['ttft_p50_last_quarter_s']:.2f} s for the last), so latencies depend on the run's length")
 
 
 def cmd_simulate(args) -> int:
     from .metrics import SLO
     from .report import print_table
     from .run import run_serving
+    from .sim.profiles import load_profile
     slos = [SLO.parse(s) for s in args.slo]
     cfg = config_from(args)
     reqs = requests_from(args, args.rate)
@@ -143,14 +86,33 @@ def cmd_simulate(args) -> int:
     summary = result.summary(slos)
     summary["clock"] = clock
     summary["model"], summary["gpu"] = cfg.model, device
+    summary["profile"] = load_profile(cfg.profile).name if args.executor != "model" else "measured"
     if args.json:
         print(json.dumps(summary, indent=None, sort_keys=True))
     else:
-        print(f"{summary['clock']}, tp={cfg.tp}, {len(reqs)} requests")
+        tp = f"tp={cfg.tp}"
+        if cfg.pool_tp("prefill") != cfg.pool_tp("decode") or cfg.pool_tp("prefill") != cfg.tp:
+            tp = f"prefill tp={cfg.pool_tp('prefill')}, decode tp={cfg.pool_tp('decode')}"
+        if cfg.per_pool:
+            tp += f", first token from {cfg.first_token_from}"
+            if cfg.proxy_overhead_s:
+                tp += f" (+{cfg.proxy_overhead_s:g}s proxy)"
+        prof = f", profile {summary['profile']}" if args.executor != "model" else ""
+        print(f"{summary['clock']}{prof}, {tp}, {len(reqs)} requests: {workload_label(args, args.rate)}")
         print_table([summary])
         for r in summary.get("slo_attainment", {}).get("slos", []):
             v = "never" if r["value_s"] is None else f"{r['value_s']:.3f}s"
             print(f"SLO {r['metric']} p{r['percentile']:g} <= {r['target_s']:g}s: {v}  {'met' if r['met'] else 'MISSED'}")
+        if summary["rejected"]:
+            print(f"{summary['rejected']} of {len(reqs)} requests rejected:")
+            print("\n".join(rejection_lines(result)))
+    warning = overload_warning(result)
+    if warning:
+        print(warning, file=sys.stderr)
+    if not summary["completed"]:
+        print(f"pdlab: error: nothing was served: all {len(reqs)} requests were rejected"
+              + ("" if not args.json else " (reject_reasons in the JSON)"), file=sys.stderr)
+        return EXIT_NOTHING_SERVED
     return 0
 
 
@@ -173,28 +135,35 @@ def engine_setup(args, cfg, reqs):
     return factory(model, backend=args.backend, device=device), clock, name, reqs
 
 
-def cmd_goodput(args) -> int:
-    from .metrics import SLO, goodput_search, summarize
+def _goodput_point(job) -> bool:
+    """Whether every SLO holds at one rate (module level: it runs on other processes or Dask)."""
+    from .metrics import summarize
     from .run import run_serving
     from .workload import with_rate
+    base, rate, cfg, slos, seed, burstiness = job
+    res = run_serving(with_rate(base, rate, seed, burstiness), cfg)
+    return summarize(res.sequences, slos, cfg.gpus)["slo_attainment"]["all_met"]
+
+
+def cmd_goodput(args) -> int:
+    from . import sweep
+    from .metrics import SLO, goodput_search_parallel
     if not args.slo:
         raise PdlabError("goodput needs at least one --slo METRIC:pNN:SECONDS")
     slos = [SLO.parse(s) for s in args.slo]
     cfg = config_from(args)
     args.num_requests = args.num_requests or 500
     base = requests_from(args, 1.0)
-    cache = {}
-
-    def meets(rate):
-        res = run_serving(with_rate(base, rate, args.seed, args.burstiness), cfg)
-        s = summarize(res.sequences, slos, cfg.gpus)
-        cache[rate] = s
-        return s["slo_attainment"]["all_met"]
-
-    g = goodput_search(meets, start=1.0)
+    jobs = sweep.check_jobs(args.jobs)
+    # the rates the search may ask next are simulated together, one per core; the answer is the
+    # sequential search's whatever the number of jobs
+    with sweep.mapper(jobs if args.dask is None else 1, args.dask) as run_all:
+        def meets_many(rates):
+            return run_all(_goodput_point, [(base, r, cfg, slos, args.seed, args.burstiness) for r in rates])
+        g, asked = goodput_search_parallel(meets_many, width=jobs, start=1.0)
     out = {"goodput_rps": g, "goodput_rps_per_gpu": g / cfg.gpus, "gpus": cfg.gpus, "mode": cfg.mode,
            "model": cfg.model, "gpu": cfg.gpu, "slos": [str(s) for s in slos], "num_requests": len(base),
-           "rates_tried": len(cache), "clock": f"simulated (cost model: {cfg.gpu}, {cfg.model})"}
+           "rates_tried": len(set(asked)), "clock": f"simulated (cost model: {cfg.gpu}, {cfg.model})"}
     if args.json:
         print(json.dumps(out, sort_keys=True))
     else:
@@ -209,7 +178,9 @@ def cmd_demo(args) -> int:
 
 
 def build_parser(argv=None) -> argparse.ArgumentParser:
+    from . import __version__
     p = _Parser(prog="pdlab", description="Prefill/decode serving lab kit")
+    p.add_argument("--version", action="version", version=f"pdlab {__version__}")
     sub = p.add_subparsers(dest="cmd", parser_class=_Parser)
     s = sub.add_parser("simulate", help="serve a workload with one mode")
     add_serving_args(s)
@@ -220,19 +191,37 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_simulate)
     g = sub.add_parser("goodput", help="highest request rate meeting every SLO")
     add_serving_args(g, rate=False)
+    g.add_argument("--jobs", type=_positive_int("--jobs"), default=None,
+                   help="simulations at a time: processes here, or tasks on the --dask cluster (default: every core)")
+    g.add_argument("--dask", default=None, metavar="ADDRESS",
+                   help="run the simulations on a Dask cluster (scheduler address; pdlab[dask])")
     g.set_defaults(func=cmd_goodput)
     d = sub.add_parser("demo", help="the three modes side by side + an HTML report")
     d.add_argument("--out", default="pdlab-demo.html", help="report file (default pdlab-demo.html)")
     d.add_argument("--num-requests", type=_positive_int("--num-requests"), default=600)
     d.set_defaults(func=cmd_demo)
+    from . import fidelity
+    c = sub.add_parser("compare", help="simulated vs measured latencies of measured serving runs")
+    fidelity.add_compare(c)
+    add_serving_args(c, workload=False)
+    c.set_defaults(func=lambda a: fidelity.cmd_compare(a, config_from(a)))
     # the engine commands import torch: only load them when asked for
     argv = sys.argv[1:] if argv is None else argv
+<<<<<<< HEAD
     for name, module, help_ in (
             ("generate", "engine.generate", "stream text from the tiny model through the paged engine"),
             ("calibrate", "engine.calibrate", "fit the cost model to steps measured on this machine"),
             ("serve-disagg", "dist.serve", "disaggregated serving for real: worker processes, KV over torch.distributed")):
+=======
+    for name, help_ in (("generate", "stream text from the tiny model through the paged engine"),
+                        ("calibrate", "fit the cost model to steps measured on this machine, or (--measured) to measured serving runs")):
+>>>>>>> main
         q = sub.add_parser(name, help=help_)
-        if argv and argv[0] == name:
+        if argv and argv[0] == name == "calibrate" and "--measured" in argv:
+            fidelity.add_calibrate_measured(q)            # torch-free: a fit to measured serving runs
+            add_serving_args(q, workload=False)
+            q.set_defaults(func=lambda a: fidelity.cmd_calibrate_measured(a, config_from(a)))
+        elif argv and argv[0] == name:
             import importlib
             mod = importlib.import_module(f"pdlab.{module}")
             mod.add_arguments(q)
@@ -256,6 +245,10 @@ def main(argv=None) -> int:
         return EXIT_USAGE
     except BrokenPipeError:
         return 0
+    except KeyboardInterrupt:
+        # on a terminal, end the line a progress bar or ^C left open
+        print(("\n" if sys.stderr.isatty() else "") + "pdlab: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -87,6 +87,23 @@ def test_cdf_and_tail(runs):
     assert t.layout.yaxis.type == "log"
 
 
+def test_log_axes_spanning_decades_label_only_powers_of_ten(runs):
+    t = viz.cdf(viz.metric_arrays(runs, "itl"), "itl", tail=True, log_x=True)
+    for axis in (t.layout.xaxis, t.layout.yaxis):          # both span 2+ decades here
+        assert axis.type == "log" and axis.dtick == 1 and axis.minor.ticks == "outside"
+    assert t.layout.yaxis.tickformat == ".1~p"             # 0.001% stays 0.001%, not "0%"
+    tl = viz.batch_timeline(runs["aggregated"])             # 1 to thousands of tokens
+    assert tl.layout.yaxis.dtick == 1
+    narrow = viz.sweep_lines([1, 2], {"a": [10.0, 14.0]}, "t", "x", "y", log_y=True)
+    assert narrow.layout.yaxis.tickmode == "auto"           # under a decade: plotly's own ticks
+    w = viz.empty_widget()                                  # a widget refreshed wide, then narrow
+    viz.refresh(w, t)
+    viz.refresh(w, viz.cdf({"a": np.array([0.010, 0.011, 0.012])}, "itl", tail=True, log_x=True))
+    assert w.layout.xaxis.tickmode == "auto"
+    linear = viz.cdf(viz.metric_arrays(runs, "ttft"), "ttft")
+    assert linear.layout.xaxis.dtick is None
+
+
 def test_lines_on_log_axes_are_placed_in_log_units():
     """plotly places annotations on log axes at log10(value): a raw value sends them to 1e50."""
     f = viz.percentile_bars({"a": {"itl_s": {"p50": 0.01, "p90": 0.02, "p99": 0.03}}}, "itl", slo=0.05, log_y=True)
@@ -184,6 +201,16 @@ def test_bare_skips_the_template_only_inside():
 def test_widget_flag_returns_figurewidget(runs):
     assert isinstance(viz.batch_timeline(runs["chunked"], widget=True), go.FigureWidget)
     assert isinstance(viz.token_raster(runs["chunked"], widget=True), go.FigureWidget)
+
+
+def test_longest_stall_holds_the_prefills_that_caused_it(runs):
+    agg, chunked = analysis.longest_stall(runs["aggregated"]), analysis.longest_stall(runs["chunked"])
+    assert agg["gap_s"] == pytest.approx(float(analysis.max_gaps(runs["aggregated"]).max()))
+    cm = CostModel.from_names("h100", "llama-3-8b")
+    # aggregated: the freeze is prefill-only iterations, and lasts at least as long as they take
+    assert agg["prefill_iterations"] >= 1 and agg["prefill_tokens"] >= 4096
+    assert agg["gap_s"] >= cm.prefill_time(agg["prefill_tokens"] // agg["prefill_iterations"]) * 0.99
+    assert chunked["gap_s"] < agg["gap_s"]
 
 
 def test_transfer_times_measured_solid_simulated_dashed():

@@ -4,13 +4,9 @@
     pdlab goodput    the highest request rate that meets every SLO
     pdlab demo       the three modes side by side, a table here and an HTML report
     pdlab generate   stream text from the tiny model through the paged engine
-<<<<<<< HEAD
-    pdlab calibrate  fit the cost model to steps measured on this machine
-    pdlab serve-disagg  prefill and decode workers in separate processes, KV over torch.distributed
-=======
     pdlab calibrate  fit the cost model to steps measured on this machine (--measured: to served runs)
     pdlab compare    simulated vs measured TTFT/TPOT/E2E of measured serving runs
->>>>>>> main
+    pdlab serve-disagg  prefill and decode workers in separate processes, KV over torch.distributed
 
 Bad input gets one line on stderr and exit code 2, never a traceback.
 """
@@ -207,15 +203,11 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
     c.set_defaults(func=lambda a: fidelity.cmd_compare(a, config_from(a)))
     # the engine commands import torch: only load them when asked for
     argv = sys.argv[1:] if argv is None else argv
-<<<<<<< HEAD
     for name, module, help_ in (
             ("generate", "engine.generate", "stream text from the tiny model through the paged engine"),
-            ("calibrate", "engine.calibrate", "fit the cost model to steps measured on this machine"),
+            ("calibrate", "engine.calibrate",
+             "fit the cost model to steps measured on this machine, or (--measured) to measured serving runs"),
             ("serve-disagg", "dist.serve", "disaggregated serving for real: worker processes, KV over torch.distributed")):
-=======
-    for name, help_ in (("generate", "stream text from the tiny model through the paged engine"),
-                        ("calibrate", "fit the cost model to steps measured on this machine, or (--measured) to measured serving runs")):
->>>>>>> main
         q = sub.add_parser(name, help=help_)
         if argv and argv[0] == name == "calibrate" and "--measured" in argv:
             fidelity.add_calibrate_measured(q)            # torch-free: a fit to measured serving runs

@@ -103,7 +103,7 @@ def main() -> None:
            "clock": sim_clock(BASE), "model": MODEL, "gpu_preset": GPU, "replicas": REPLICAS,
            "trace": f"data/traces/mooncake_conv.jsonl, first {len(mc)} requests at their own timestamps",
            "sessions": f"agent-sessions preset, {len(agent)} requests, 1 session/s, seed 0",
-           "hot_spot": "400 requests at 6/s sharing one 6144-token prefix + 512-1511 own tokens",
+           "hot_spot": "400 requests at 40/s sharing one 6144-token prefix + 512-1511 own tokens",
            "date": today, "cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
            "load_average_1min": round(os.getloadavg()[0], 2), "sections": sections}
     with open(args.out, "w") as f:

@@ -44,6 +44,9 @@ def compare(runs, config, profile_path: str | None = None) -> dict:
     prof = load_profile(profile_path)
     out = {"profile": prof.name, "profile_kind": prof.kind, "mode": cfg.mode, "model": cfg.model, "gpu": cfg.gpu,
            "gpus": cfg.gpus, "clock": sim_clock(cfg) + f", profile {prof.name}", "runs": []}
+    if cfg.mode == "disaggregated":
+        out.update(prefill_tp=cfg.pool_tp("prefill"), decode_tp=cfg.pool_tp("decode"),
+                   first_token_from=cfg.first_token_from, proxy_overhead_s=cfg.proxy_overhead_s)
     arrays = []
     for run in runs:
         sim = per_request(run_serving(run.requests, cfg).sequences)

@@ -58,7 +58,7 @@ def add_serving_args(p: argparse.ArgumentParser, rate: bool = True, workload: bo
                    help="disaggregated: replicas in the prefill pool (default 1)")
     g.add_argument("--decode-gpus", type=_positive_int("--decode-gpus"), default=None,
                    help="disaggregated: replicas in the decode pool (default 1)")
-    g.add_argument("--tp", type=_positive_int("--tp"), default=1, help="tensor parallelism per replica")
+    g.add_argument("--tp", type=_positive_int("--tp"), default=1, help="tensor parallelism per replica (default 1)")
     g.add_argument("--prefill-tp", type=_positive_int("--prefill-tp"), default=None,
                    help="disaggregated: tensor parallelism of each prefill replica (default --tp)")
     g.add_argument("--decode-tp", type=_positive_int("--decode-tp"), default=None,
@@ -77,7 +77,7 @@ def add_serving_args(p: argparse.ArgumentParser, rate: bool = True, workload: bo
                    help="tokens per paged KV block (default 16)")
     g.add_argument("--num-blocks", type=_positive_int("--num-blocks"), default=None,
                    help="KV blocks per worker (default: what fits in GPU memory)")
-    g.add_argument("--router", default="least-loaded", help="least-loaded | round-robin | kv-aware | session")
+    g.add_argument("--router", default="least-loaded", help="least-loaded | round-robin | kv-aware | session (default least-loaded)")
     g.add_argument("--prefix-cache", action="store_true", help="reuse KV of shared prompt prefixes")
     _add_prefix_args(p)
     g.add_argument("--profile", default=None, help="cost-model profile: fitted efficiency JSON (pdlab calibrate) or "
@@ -102,7 +102,7 @@ def add_serving_args(p: argparse.ArgumentParser, rate: bool = True, workload: bo
     w.add_argument("--output-len", type=_positive_int("--output-len"), default=None, help="fixed output length")
     w.add_argument("--burstiness", type=_positive_float("--burstiness"), default=1.0,
                    help="squared CV of inter-arrival gaps: 1 Poisson, >1 bursty")
-    w.add_argument("--seed", type=int, default=0)
+    w.add_argument("--seed", type=int, default=0, help="seed of the arrivals and sampled lengths (default 0)")
     p.add_argument("--slo", action="append", default=[], metavar="METRIC:pNN:SECONDS",
                    help="e.g. ttft:p90:0.4 (metrics ttft tpot itl e2e); repeatable")
     p.add_argument("--json", action="store_true", help="print one JSON object")

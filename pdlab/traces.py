@@ -80,6 +80,36 @@ def _rows(rows, show: bool, path: Path):
     return progress(rows, desc=f"reading {path.name}", unit="req")
 
 
+def _read_csv_fast(path: Path) -> list[Request] | None:
+    """A well-formed CSV trace read as numpy columns in one pass (a million lines in about a
+    second; no dict per row), or None when anything is off: the row-by-row reader then finds
+    and names the bad line."""
+    import numpy as np
+    with path.open(newline="") as f:
+        cols = next(csv.reader(f), None)
+    if not cols or any(c not in CSV_COLUMNS + CSV_IGNORED for c in cols) or \
+            any(c not in cols for c in CSV_REQUIRED):
+        return None
+    use = [cols.index(c) for c in CSV_COLUMNS if c in cols]
+    try:
+        data = np.loadtxt(path, delimiter=",", skiprows=1, usecols=use, dtype=float, ndmin=2,
+                          encoding="utf-8", comments=None)
+    except (ValueError, IndexError):
+        return None
+    if data.shape[0] == 0:
+        return None
+    timed = "arrived_at" in cols
+    t = data[:, 0] if timed else np.full(data.shape[0], -1.0)
+    pin, pout = data[:, -2], data[:, -1]
+    if timed and not (np.all(t >= 0) and np.all(np.isfinite(t))):
+        return None
+    for x in (pin, pout):
+        if not (np.all(x >= 1) and np.all(x == np.floor(x)) and np.all(np.isfinite(x))):
+            return None
+    return [Request(i, a, p, o) for i, (a, p, o) in
+            enumerate(zip(t.tolist(), pin.astype(np.int64).tolist(), pout.astype(np.int64).tolist()))]
+
+
 def read_trace(path: str | Path, show_progress: bool = False) -> list[Request]:
     """Requests from a CSV or Mooncake JSONL trace. Arrival is -1.0 where the file has none
     (``has_arrivals`` tells); a malformed row raises PdlabError naming file and line.
@@ -116,6 +146,9 @@ def read_trace(path: str | Path, show_progress: bool = False) -> list[Request]:
         if not reqs:
             raise PdlabError(f"{path}: no requests in the file")
         return reqs
+    fast = _read_csv_fast(path)
+    if fast is not None:
+        return fast
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
         # spaces after the commas and a spreadsheet's byte-order mark are not part of a name

@@ -81,13 +81,14 @@ assert tok["with_cache"].sum() < 0.5 * tok["without_cache"].sum()
 
 # %%
 runs = rt.compare_routers(N)
+runs["kv-aware, weight 0"] = rt.run(N, router="kv-aware", overlap_weight=0.0)   # its load term alone
 viz.prefix.router_bars(runs).show()
 print(f"first {N} requests of the Mooncake trace, 4 replicas   [{CLOCK}]")
 for name, s in runs.items():
-    print(f"{name:>13}: hit rate {s['prefix_hit_rate']:.3f} (unbounded cache {s['prefix_hit_rate_upper_bound']:.3f}), "
+    print(f"{name:>18}: hit rate {s['prefix_hit_rate']:.3f} (unbounded cache {s['prefix_hit_rate_upper_bound']:.3f}), "
           f"TTFT p50 {s['ttft_s']['p50']:.2f} s, p90 {s['ttft_s']['p90']:.2f} s, {s['throughput_tok_s']:.0f} tok/s")
-assert runs["kv-aware"]["prefix_hit_rate"] > runs["round-robin"]["prefix_hit_rate"]
-assert runs["kv-aware"]["ttft_s"]["p90"] < runs["round-robin"]["ttft_s"]["p90"]
+assert runs["kv-aware"]["prefix_hit_rate"] >= runs["round-robin"]["prefix_hit_rate"]
+assert runs["kv-aware"]["ttft_s"]["p90"] < 0.7 * runs["round-robin"]["ttft_s"]["p90"]
 
 # %% [markdown]
 # The same comparison on the first 3000 requests, from the committed benchmark
@@ -96,14 +97,18 @@ assert runs["kv-aware"]["ttft_s"]["p90"] < runs["round-robin"]["ttft_s"]["p90"]
 # %%
 bench = json.loads((ROOT / "bench" / "results" / "prefix-routing-cpu-2026-12-07.json").read_text())
 print(bench["trace"], f"[{bench['clock']}]")
-for r in bench["sections"]["routers"]:
-    print(f"{r['name']:>13}: hit rate {r['hit_rate']:.3f}, TTFT p50 {r['ttft_p50_s']:.2f} s, "
+for r in bench["sections"]["routers"] + bench["sections"]["weights"][:1]:
+    print(f"{r['name']:>28}: hit rate {r['hit_rate']:.3f}, TTFT p50 {r['ttft_p50_s']:.2f} s, "
           f"p90 {r['ttft_p90_s']:.2f} s, {r['throughput_tok_s']:.0f} tok/s")
 
 # %% [markdown]
-# *What to look for:* the hit rate is far below the unbounded-cache bound even for kv-aware: 4 replicas
-# of ~420k tokens of KV each cannot keep every conversation (section 5 adds host memory). Throughput is
-# the same for all routers (the trace's arrivals set it); what routing changes is the TTFT tail.
+# *What to look for:* on these requests every router gets about the same hit rate, yet kv-aware cuts
+# the TTFT tail: its cost counts load in blocks, the prefill queued on each replica plus the KV it
+# holds, where least-loaded counts requests (a 30k-token Mooncake prompt is a hundred times the work
+# of a 300-token one). With overlap weight 0 only the KV held counts, and the tail grows back part of
+# the way. The hit rate stays far below the unbounded-cache bound for every router: 4 replicas of
+# ~420k tokens of KV each cannot keep conversations that come back minutes later (section 5 adds host
+# memory). Throughput is the same for all routers: the trace's arrivals set it.
 #
 # ### Exercise 7.1 — a replica's cost by hand
 #
@@ -159,8 +164,9 @@ assert s4["prefix_hit_rate"] > s0["prefix_hit_rate"]
 #
 # ## 4. The hot spot
 #
-# One prefix that every request shares (a popular system prompt, a shared document). Pure affinity
-# (load weight 0) sends every request to the first replica that cached it; the load term spreads them.
+# One prefix that every request shares (a popular system prompt, a shared document), 40 requests a
+# second. Pure affinity (load weight 0) sends every request to the first replica that cached it, which
+# cannot keep up; the load term spreads them and each replica computes the prefix once.
 
 # %%
 hot = {f"load weight {lw:g}": rt.run_hot_spot(load_weight=lw) for lw in (0.0, 1.0)}
@@ -170,7 +176,7 @@ for name, s in hot.items():
     print(f"{name}: busiest replica took {100 * share:.0f}% of requests, TTFT p90 {s['ttft_s']['p90']:.2f} s   [{CLOCK}]")
 pile, spread = hot["load weight 0"], hot["load weight 1"]
 assert max(pile["replica_load"]["requests"]) == sum(pile["replica_load"]["requests"])
-assert spread["ttft_s"]["p90"] < pile["ttft_s"]["p90"] / 2
+assert spread["ttft_s"]["p90"] < pile["ttft_s"]["p90"] / 10
 
 # %% [markdown]
 # ## 5. A host-memory tier: reload or recompute?

@@ -101,9 +101,10 @@ class RoutingDashboard(Dashboard):
                 f"took {100 * share:.0f}% of requests · {self.n} requests, {s['clock']}")
 
 
-def hot_spot(n: int = 400, rate: float = 6.0) -> tuple:
+def hot_spot(n: int = 400, rate: float = 40.0) -> tuple:
     """Every request starts with one popular 6144-token prefix (12 Mooncake-sized blocks), then
-    512-1511 tokens of its own: the workload where pure affinity sends everything to one replica."""
+    512-1511 tokens of its own, ``rate`` per second: more prefill than one replica can do, so pure
+    affinity, which sends everything to the replica holding the prefix, overloads it."""
     from ..request import Request
     return tuple(Request(i, i / rate, 6144 + 512 + (i * 37) % 1000, 150,
                          block_hashes=tuple(range(12)) + (10**6 + i, 2 * 10**6 + i), hash_block=512)
@@ -111,8 +112,8 @@ def hot_spot(n: int = 400, rate: float = 6.0) -> tuple:
 
 
 @lru_cache(maxsize=16)
-def run_hot_spot(n: int = 400, rate: float = 6.0, **config) -> dict:
-    cfg = replace(LAB07, router="kv-aware", **config)
+def run_hot_spot(n: int = 400, rate: float = 40.0, **config) -> dict:
+    cfg = replace(LAB07, **{"router": "kv-aware", **config})
     s = run_serving(list(hot_spot(n, rate)), cfg).summary()
     s["clock"] = sim_clock(cfg)
     return s

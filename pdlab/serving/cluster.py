@@ -18,7 +18,7 @@ from ..config import ServingConfig
 from ..gcpause import gc_paused
 from ..hardware import parse_link
 from ..request import Batch, Request, Sequence, Status, StepResult
-from .events import Arrival, EventQueue, StepDone, StepLog, StepRecord, TransferDone
+from .events import Arrival, EventQueue, StepDone, StepLog, TransferDone
 from .kv import BlockManager, prefix_hashes
 from .kvindex import build_index
 from .offload import attach_host_tiers
@@ -195,7 +195,7 @@ class Cluster:
                 self.events.push(end, StepDone(w, batch, StepResult(end - now), now))
                 return
             g.advance(n, end)                                 # the postprocess of that iteration
-            steps.append(StepRecord(idx, now, end, 0, n, bm.num_used))
+            steps.add(idx, now, end, 0, n, bm.num_used)
             now = end
         self._start(w, now)
 
@@ -230,8 +230,8 @@ class Cluster:
         w = step.worker
         w.finish(step, now)                                   # postprocess
         b = step.batch
-        self.result.steps.append(StepRecord(w.index, step.start, now, b.num_prefill_tokens, b.num_decode_tokens,
-                                            w.sched.bm.num_used))
+        self.result.steps.add(w.index, step.start, now, b.num_prefill_tokens, b.num_decode_tokens,
+                                            w.sched.bm.num_used)
         if w.role == "prefill":
             self.pending.extend((seq, w) for seq in w.sched.take_handoffs())
         if self.decode:

@@ -142,5 +142,7 @@ class DecodeOnlyScheduler(ChunkedScheduler):
         seq.block_table = block_table
         seq.status = Status.RUNNING
         self._add_running(seq)
+        if self.bm.enable_prefix_cache:      # the prompt's KV is here now: a session's next turn can reuse it
+            self.bm.register_prefix(seq)
         if self._formed:
             self.group.join(seq)

@@ -306,12 +306,17 @@ class Scheduler:
             seq.num_computed += n
             if bm.enable_prefix_cache:
                 bm.register_prefix(seq)
-            if seq.num_computed == seq.num_tokens:
+            nt = seq.num_tokens
+            if seq.num_computed == nt:
                 self.prefilling.remove(seq)
                 if self._emit(seq, None, now):
                     done.append(seq)
                 else:
                     g.join(seq)
+            elif nt - seq.num_computed == 1 and nt != seq.prompt_len:
+                # a recompute (after preemption) one token short: that token is a decode now
+                self.prefilling.remove(seq)
+                g.join(seq)
         for seq in finished:
             self._finish(seq, now)
             done.append(seq)

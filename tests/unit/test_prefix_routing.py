@@ -245,6 +245,19 @@ def test_disagg_threshold_prefills_short_prompts_on_the_decode_worker(threshold,
         assert "local_prefills" not in s["prefix_counters"] and s["kv_transfers"] == moved
 
 
+def test_a_sessions_next_turn_is_prefilled_where_its_history_landed():
+    """The KV that crossed the link is named on the decode worker, so the next turn's uncached
+    part (the last answer and the new question) is short enough to prefill there."""
+    spec = SessionSpec(turns=4, user_len=100, answer_len=100, think_s=5.0, system_len=1000)
+    reqs = make_sessions(60, 1.0, spec, seed=4)
+    assert min(r.prompt_len for r in reqs) > 600           # nothing is short without its history cached
+    s = run_serving(reqs, ServingConfig(mode="disaggregated", decode_gpus=2, prefix_cache=True,
+                                        disagg_threshold=600)).summary()
+    later_turns = 60 - len({r.session_id for r in reqs})
+    assert s["completed"] == 60 and later_turns > 10
+    assert 0.5 * later_turns <= s["prefix_counters"].get("local_prefills", 0) <= later_turns
+
+
 def test_bad_flag_combinations_are_one_line():
     with pytest.raises(PdlabError, match="needs --prefix-cache"):
         ServingConfig(offload_gb=10).validate()
@@ -327,3 +340,13 @@ def test_simulate_json_has_the_prefix_keys(capsys):
         assert k in d
     assert set(d["ttft_split_s"]) == {"queueing", "transfer", "compute"}
     assert len(d["replica_load"]["kv_blocks"]) == 2 and sum(d["replica_load"]["requests"]) == 80
+
+
+def test_lab07_quotes_the_replicas_kv_capacity():
+    from pathlib import Path
+
+    from pdlab.lab.routing import LAB07
+    from pdlab.run import cost_model_for
+    text = (Path(__file__).resolve().parents[2] / "labs" / "src" / "07_prefix_and_routing.py").read_text()
+    tokens = cost_model_for(LAB07).num_blocks(LAB07.block_size) * LAB07.block_size
+    assert f"~{round(tokens, -4) // 1000}k tokens of KV each" in text.replace("\n# ", " ")

@@ -111,7 +111,9 @@ def test_dead_worker_stops_the_run(tmp_path):
 def test_bad_flags_get_one_line(capsys):
     from pdlab.cli import main
     for argv, what in ((["serve-disagg", "--backend", "nccl"], "--backend nccl needs --device cuda"),
-                       (["serve-disagg", "--kill-worker", "decode7:2"], "--kill-worker decode7:2")):
+                       (["serve-disagg", "--kill-worker", "decode7:2"], "--kill-worker decode7:2"),
+                       (["serve-disagg", "--mode", "chunked", "--transfer", "per-block"], "--transfer per-block"),
+                       (["serve-disagg", "--replicas", "2"], "--replicas is for --mode aggregated|chunked")):
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert what in err and len(err.strip().splitlines()) == 1, err

@@ -8,6 +8,7 @@
     pdlab compare    simulated vs measured TTFT/TPOT/E2E of measured serving runs
     pdlab diagnose   which phase is hurting: a trace (simulated) or measured latencies, the symptom table
     pdlab plan       the best configuration for a workload on N GPUs under SLOs (goodput per GPU)
+    pdlab serve-disagg  prefill and decode workers in separate processes, KV over torch.distributed
 
 Bad input gets one line on stderr and exit code 2, never a traceback.
 """
@@ -275,8 +276,11 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
     c.set_defaults(func=lambda a: fidelity.cmd_compare(a, config_from(a)))
     # the engine commands import torch: only load them when asked for
     argv = sys.argv[1:] if argv is None else argv
-    for name, help_ in (("generate", "stream text from the tiny model through the paged engine"),
-                        ("calibrate", "fit the cost model to steps measured on this machine, or (--measured) to measured serving runs")):
+    for name, module, help_ in (
+            ("generate", "engine.generate", "stream text from the tiny model through the paged engine"),
+            ("calibrate", "engine.calibrate",
+             "fit the cost model to steps measured on this machine, or (--measured) to measured serving runs"),
+            ("serve-disagg", "dist.serve", "disaggregated serving for real: worker processes, KV over torch.distributed")):
         q = sub.add_parser(name, help=help_)
         if argv and argv[0] == name == "calibrate" and "--measured" in argv:
             fidelity.add_calibrate_measured(q)            # torch-free: a fit to measured serving runs
@@ -284,7 +288,7 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
             q.set_defaults(func=lambda a: fidelity.cmd_calibrate_measured(a, config_from(a)))
         elif argv and argv[0] == name:
             import importlib
-            mod = importlib.import_module(f"pdlab.engine.{name}")
+            mod = importlib.import_module(f"pdlab.{module}")
             mod.add_arguments(q)
             q.set_defaults(func=mod.run)
     return p

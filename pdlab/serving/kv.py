@@ -153,6 +153,12 @@ class BlockManager:
         """One more block for ``seq`` (a decode crossing a block boundary). Caller checked room."""
         seq.block_table.append(self._take())
 
+    def give_back(self, blocks: list[int]) -> None:
+        """Return blocks taken with ``take`` that never joined a block table (no prefix content)."""
+        for b in blocks:
+            self.ref[b] = 0
+        self._free.extend(reversed(blocks))
+
     def free(self, seq: Sequence) -> None:
         """Drop ``seq``'s references; blocks holding a known prefix stay cached (LRU)."""
         if not self._hash_of:     # no prefix blocks anywhere: nothing is shared, every ref is 1

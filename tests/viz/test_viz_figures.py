@@ -211,3 +211,20 @@ def test_longest_stall_holds_the_prefills_that_caused_it(runs):
     assert agg["prefill_iterations"] >= 1 and agg["prefill_tokens"] >= 4096
     assert agg["gap_s"] >= cm.prefill_time(agg["prefill_tokens"] // agg["prefill_iterations"]) * 0.99
     assert chunked["gap_s"] < agg["gap_s"]
+
+
+def test_transfer_times_measured_solid_simulated_dashed():
+    f = viz.transfer_times({"per-block": ([16, 256], [0.001, 0.004])}, {"per-block": ([16, 256], [0.0008, 0.005])},
+                           "measured on CPU (gloo)", "simulated Link 1.2 GB/s")
+    assert [t.name for t in f.data] == ["per-block (measured)", "per-block (simulated Link)"]
+    assert list(f.data[0].y) == [1.0, 4.0] and f.data[1].line.dash == "dash"
+    assert "measured on CPU (gloo)" in f.layout.title.text and "simulated Link" in f.layout.title.text
+    assert f.layout.xaxis.type == f.layout.yaxis.type == "log"
+
+
+def test_side_by_side_names_both_clocks_and_leaves_missing_bars_empty():
+    f = viz.side_by_side({"1P1D": 0.2, "aggregated x1": 0.5}, {"1P1D": 0.1}, "TTFT p50", "ms",
+                         "measured on CPU (gloo)", "simulated (cost model: tiny on cpu)")
+    assert [t.name for t in f.data] == ["measured", "simulated"]
+    assert list(f.data[0].y) == [200.0, 500.0] and list(f.data[1].y) == [100.0, None]
+    assert "measured on CPU (gloo)" in f.layout.title.text and "simulated (cost model" in f.layout.title.text

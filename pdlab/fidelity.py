@@ -21,7 +21,7 @@ from .errors import PdlabError
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
-    """--measured; the serving flags (``cli.add_serving_args``) are added by the CLI."""
+    """--measured; the serving flags (``options.add_serving_args``) are added by the CLI."""
     p.add_argument("--measured", nargs="+", required=True, metavar="FILE",
                    help="measured runs: CSV (arrived_at,num_prefill_tokens,num_decode_tokens,measured_ttft_ms,"
                         "measured_tpot_ms) or vLLM bench serve --save-detailed JSON")
@@ -44,6 +44,9 @@ def compare(runs, config, profile_path: str | None = None) -> dict:
     prof = load_profile(profile_path)
     out = {"profile": prof.name, "profile_kind": prof.kind, "mode": cfg.mode, "model": cfg.model, "gpu": cfg.gpu,
            "gpus": cfg.gpus, "clock": sim_clock(cfg) + f", profile {prof.name}", "runs": []}
+    if cfg.mode == "disaggregated":
+        out.update(prefill_tp=cfg.pool_tp("prefill"), decode_tp=cfg.pool_tp("decode"),
+                   first_token_from=cfg.first_token_from, proxy_overhead_s=cfg.proxy_overhead_s)
     arrays = []
     for run in runs:
         sim = per_request(run_serving(run.requests, cfg).sequences)
@@ -129,7 +132,7 @@ def add_calibrate_measured(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--out", required=True, help="profile JSON to write")
     p.add_argument("--params", default=None,
                    help="comma-separated terms to fit (default: mfu,mbu,decode_mbu,step_overhead_s,seq_overhead_s,"
-                        "running_overhead_s for the roofline; running_overhead_s,token_overhead_s on a step profile)")
+                        "running_overhead_s for the roofline; step_overhead_s,running_overhead_s,token_overhead_s on a step profile)")
     p.add_argument("--max-evals", type=int, default=600, help="simulations the optimiser may run per start")
     p.add_argument("--engine", default=None, help="what was measured, recorded in the profile (e.g. 'vLLM 0.2')")
     p.add_argument("--quiet", action="store_true")

@@ -240,8 +240,9 @@ cdf_overlay(meas3, sims, measured_label="measured (vLLM, A100-80GB)",
 # %% [markdown]
 # *Why they differ.* The ideal engine's decode step is the roofline: the weights read once at
 # 80% of HBM bandwidth plus 1.5 ms. vLLM's, as DistServe timed it, costs more at every batch
-# size, and the fit adds what a per-step timing misses: the engine walks every running sequence
-# and streams every sampled token each iteration. Those costs grow with the load, so the
+# size, and the fit adds what an offline per-step timing misses: a serving loop's fixed cost per
+# iteration, and a cost per running sequence and per sampled token (the engine walks every
+# running sequence and streams every sampled token each iteration). Those costs grow with the load, so the
 # fitted engine saturates earlier: the ideal engine holds the SLO at 2.5 req/s and beyond, the
 # fitted profile (like the measurement) does not. Step times of both, same shapes:
 
@@ -250,10 +251,11 @@ from pdlab.sim.profiles import load_profile
 
 for name, p in PROFILE.items():
     cm = load_profile(p).cost_model("a100-80gb", "opt-13b")
-    print(f"{name:12s} decode 16 x 700 tokens {1e3 * cm.decode_time(16, 700):5.1f} ms, "
-          f"prefill 600 tokens {1e3 * cm.prefill_time(600):5.1f} ms, "
-          f"+{1e3 * cm.eff.running_overhead_s:.2f} ms per running sequence, "
-          f"+{1e3 * cm.eff.token_overhead_s:.2f} ms per sampled token")
+    e = cm.eff
+    print(f"{name:12s} decode step 16 x 700 tokens {1e3 * cm.decode_time(16, 700):5.1f} ms, "
+          f"prefill 600 tokens {1e3 * cm.prefill_time(600):5.1f} ms; "
+          f"step_overhead {1e3 * e.step_overhead_s:.2f} ms, running_overhead {1e3 * e.running_overhead_s:.2f} ms, "
+          f"token_overhead {1e3 * e.token_overhead_s:.2f} ms")
 ideal_ok = answers["ideal"][2.5][2]
 fitted_ok = answers["fitted vLLM"][2.5][2]
 assert ideal_ok and not fitted_ok, "the two profiles should disagree at 2.5 req/s"

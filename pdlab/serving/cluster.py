@@ -19,7 +19,10 @@ from ..gcpause import gc_paused
 from ..hardware import parse_link
 from ..request import Batch, Request, Sequence, Status, StepResult
 from .events import Arrival, EventQueue, StepDone, StepLog, TransferDone
-from .kv import BlockManager
+from .kv import BlockManager, prefix_hashes
+from .kvindex import build_index
+from .offload import attach_host_tiers
+from .prefixstats import prefix_counters
 from .link import Link
 from .policies import AggregatedScheduler, ChunkedScheduler, DecodeOnlyScheduler, PrefillOnlyScheduler
 from .router import Router
@@ -47,6 +50,7 @@ class RunResult:
     transfers: int = 0
     kv_bytes_moved: int = 0
     prefix_hit_rate: float | None = None   # prompt tokens served from the prefix cache (when enabled)
+    prefix: dict | None = None             # prefix-reuse counters (pdlab.serving.prefixstats)
 
     def summary(self, slos=None) -> dict:
         from ..metrics import summarize
@@ -56,6 +60,9 @@ class RunResult:
         out["preemptions"] = sum(s.num_preemptions for s in self.sequences)
         if self.prefix_hit_rate is not None:
             out["prefix_hit_rate"] = self.prefix_hit_rate
+        if self.prefix is not None:
+            from ..prefixmetrics import prefix_summary
+            out.update(prefix_summary(self))
         if self.config.mode == "disaggregated":
             out["kv_transfers"] = self.transfers
             out["kv_bytes_moved"] = self.kv_bytes_moved
@@ -72,7 +79,8 @@ def _bar(total: int):
 
 class Cluster:
     def __init__(self, config: ServingConfig, executor_factory: ExecutorFactory,
-                 num_blocks: int | dict[str, int] | None = None, clock: str = "", on_step: StepHook | None = None):
+                 num_blocks: int | dict[str, int] | None = None, clock: str = "", on_step: StepHook | None = None,
+                 recompute_s=None):
         """``num_blocks``: KV blocks per worker, or per role (pools of different TP hold different
         caches)."""
         self.config = cfg = config.validate()
@@ -108,7 +116,10 @@ class Cluster:
                 kind, kw = ChunkedScheduler, {"token_budget": cfg.chunk_size or 512}
             self.prefill = [worker(f"gpu{i}", "mixed", kind, **kw) for i in range(cfg.replicas)]
             self.decode = []
-        self.router = Router(cfg.router, self.prefill)
+        attach_host_tiers(cfg, self.workers, recompute_s)     # --offload-gb: evicted prefixes go to host memory
+        self.index = build_index(cfg, self.workers)          # what the kv-aware router knows of the caches
+        self.router = Router(cfg.router, self.prefill, cfg, self.index)
+        self.local_prefills = 0
         # steady decodes as aggregates, where the clock reads only batch totals (exact either way)
         lazy = not cfg.exact_steps and on_step is None
         for w in self.workers:
@@ -148,6 +159,7 @@ class Cluster:
         if self.config.prefix_cache:
             queried = sum(w.sched.bm.queries for w in self.workers)
             res.prefix_hit_rate = sum(w.sched.bm.hits for w in self.workers) / queried if queried else 0.0
+            res.prefix = prefix_counters(self.workers, self.index, self.local_prefills)
         return res
 
     def _start(self, w: Worker, now: float, last: bool = False) -> None:
@@ -194,10 +206,25 @@ class Cluster:
             seq.status = Status.REJECTED
             seq.reject_reason = reason
             return
-        w = self.router.pick(seq)
+        w = self.router.pick(seq, now)
+        if self.config.disagg_threshold is not None:
+            w = self._local_prefill(seq, now) or w
         if w.sched.add(seq):
             seq.worker = w.name
             self._start(w, now, last=True)
+
+    def _local_prefill(self, seq: Sequence, now: float) -> Worker | None:
+        """Per-request disaggregation: a prompt whose uncached part is short enough is prefilled
+        on the decode worker that would cost least (no KV transfer, no prefill-pool queue)."""
+        router, bs = self.router, self.config.block_size
+        w = self.decode[router.choose(router.costs(seq, now, self.decode))]
+        hashes = prefix_hashes(seq, bs)
+        dev, _ = router.index.overlap(w.index, hashes, now)
+        if seq.prompt_len - dev * bs > self.config.disagg_threshold:
+            return None
+        router.index.routed(w.index, hashes, now)
+        self.local_prefills += 1
+        return w
 
     def _step_done(self, step: StepDone, now: float) -> None:
         w = step.worker
@@ -235,7 +262,7 @@ class Cluster:
         seq.transfer_end = now
         if self.first_token_from_decode:
             # vLLM/SGLang P/D proxies return the first token from the decode instance, once the KV is there
-            seq._times[0] = now              # its one token so far (token_times is built from _times)
+            seq.move_first_token(now)
         dst.sched.accept(seq, ev.blocks)
         self.result.transfers += 1
         self.result.kv_bytes_moved += seq.num_computed * dst.executor.kv_bytes_per_token

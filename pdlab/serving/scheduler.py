@@ -78,6 +78,21 @@ class Scheduler:
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
 
+    def kv_load(self) -> tuple[int, int]:
+        """(prefill blocks queued here, KV blocks active here): the load terms of a KV-aware
+        router's cost. Active counts the blocks in use plus what waiting prompts will take."""
+        bs = self.bm.block_size
+        queued = active = 0
+        for s in self.waiting:
+            b = -(-(s.num_tokens - s.num_computed) // bs)
+            queued += b
+            active += b
+        for s in self.running:
+            left = s.num_tokens - s.num_computed
+            if left > 1 or s.num_tokens == s.prompt_len:
+                queued += -(-left // bs)
+        return queued, self.bm.num_used + active
+
     @property
     def load(self) -> int:
         """Unfinished sequences here: what the least-loaded router compares."""
@@ -120,6 +135,7 @@ class Scheduler:
                 self.prefilling.append(seq)
             self.bm.allocate(seq, n)
             batch.add_prefill(seq, int(n))
+            batch.reload_s += seq.reload_s
             budget -= n
         return budget
 

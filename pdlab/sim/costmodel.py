@@ -198,13 +198,10 @@ class CostModel:
         return t
 
     def decode_step_time(self, n: int, context: int) -> float:
-        """``time_for`` of a step of ``n`` decodes over ``context`` KV tokens and nothing else,
-        term for term the same floating-point operations (the simulator's fast-forward calls it
-        once per steady iteration; a test checks it equals ``time_for`` bit for bit)."""
-        e = self.eff
-        if e.decode_mbu or e.token_overhead_s or e.running_overhead_s or e.block_overhead_s:
-            # a fitted engine's extra terms: the general path (a steady decode step: running == n)
-            return self.time_for(StepShape(n, n, n, decode_ctx=context, running=n))
+        """``time_for`` of a step of ``n`` decodes over ``context`` KV tokens and nothing else
+        (``n`` sequences resident: a steady decode group), term for term the same floating-point
+        operations (the simulator's fast-forward calls it once per steady iteration; a test
+        checks it equals ``time_for`` bit for bit)."""
         c = self.__dict__.get("_dc")
         if c is None or c[0] != n:
             m, e = self.model, self.eff
@@ -214,14 +211,17 @@ class CostModel:
             if self.tp > 1:
                 act = n * m.hidden * m.dtype_bytes
                 tp_s = 2 * m.layers * (2 * (self.tp - 1) / self.tp * act / (self.gpu.link_gbps * 1e9) + 5e-6)
-            c = self.__dict__["_dc"] = (n, t_linear, per_pair, peak * e.attn_eff, kv_tok, bw, e.step_overhead_s,
-                                        e.seq_overhead_s * n, e.prefill_overhead_s * 0, self.tp > 1, tp_s)
-        _, t_linear, per_pair, attn_peak, kv_tok, bw, step_s, seqs_s, chunks_s, tp, tp_s = c
+            # the engine terms beyond the roofline, as time_for adds them (sampled = running = n)
+            extra = (e.token_overhead_s * n, e.running_overhead_s * n, e.block_overhead_s * n / self.block_size)
+            kv_bw = bw / e.mbu * e.decode_mbu if e.decode_mbu else bw
+            c = self.__dict__["_dc"] = (n, t_linear, per_pair, peak * e.attn_eff, kv_tok, kv_bw, e.step_overhead_s,
+                                        e.seq_overhead_s * n, e.prefill_overhead_s * 0, self.tp > 1, tp_s, extra)
+        _, t_linear, per_pair, attn_peak, kv_tok, bw, step_s, seqs_s, chunks_s, tp, tp_s, extra = c
         if context:
             t_attn = max(per_pair * context / attn_peak, kv_tok * context / bw)
         else:
             t_attn = 0.0
-        t = t_linear + t_attn + step_s + seqs_s + chunks_s + 0.0
+        t = t_linear + t_attn + step_s + seqs_s + chunks_s + 0.0 + extra[0] + extra[1] + extra[2]
         if tp:
             t += tp_s
         return t

@@ -68,7 +68,10 @@ def load_profile(path: str | Path | None) -> Profile:
     except (OSError, ValueError) as e:
         raise PdlabError(f"cannot read cost-model profile {path}: {e}") from None
     if is_step_profile(data):
-        eff = data.get("efficiency", {}) if data.get("kind") == STEP_KIND else {}
+        # the step model already holds the per-step and per-sequence costs it was fitted to: the
+        # overheads on top are zero unless a fit wrote them
+        eff = {"step_overhead_s": 0.0, "seq_overhead_s": 0.0,
+               **(data.get("efficiency", {}) if data.get("kind") == STEP_KIND else {})}
         return Profile(str(path), STEP_KIND, data, _efficiency(eff, path))
     if not isinstance(data, dict):
         raise PdlabError(f"cannot read cost-model profile {path}: expected a JSON object")

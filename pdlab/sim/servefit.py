@@ -36,7 +36,7 @@ TERMS = {"mfu": (0.05, 1.0, True), "attn_eff": (0.01, 1.0, True), "mbu": (0.1, 1
 #: engine pays; a step profile already times the steps, so only what it leaves out
 DEFAULT_PARAMS = {"efficiency": ("mfu", "mbu", "decode_mbu", "step_overhead_s", "seq_overhead_s",
                                  "running_overhead_s"),
-                  "step-profile": ("running_overhead_s", "token_overhead_s")}
+                  "step-profile": ("step_overhead_s", "running_overhead_s", "token_overhead_s")}
 _PENALTY = 5.0          # residual of a quantile the simulation never reached (rejected requests)
 
 

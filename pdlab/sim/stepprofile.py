@@ -11,9 +11,10 @@ run "vLLM on A100 as DistServe profiled it" behind the same scheduler and loop. 
 published model has no term, the shape is mapped onto the nearest one: a prefill chunk after
 cached context counts its attention pairs (``sum(prompt_len**2)`` is ``2 * pairs - tokens`` for
 whole prompts); a mixed step is its prefill part plus the decode part's per-context and
-per-sequence terms (one intercept: it is one iteration). The engine overheads of ``Efficiency``
-that the roofline leaves at zero (per running sequence, per sampled token, per KV block) are
-added on top, so a fit can put the costs a step-only profile misses beside it. KV capacity is the
+per-sequence terms (one intercept: it is one iteration). The overheads of ``Efficiency`` (per
+step, per sequence, per running sequence, per sampled token, per KV block) are added on top;
+``profiles.load_profile`` sets them to zero unless a fit wrote them, so a fit can put the costs a
+step-only profile misses (a serving loop's, not the kernels') beside it. KV capacity is the
 roofline's (weights, memory share), on the profile's GPU.
 
 Two file layouts load: DistServe's own (``{"facebook/opt-13b": {"1": {...}}}``) and pdlab's
@@ -94,11 +95,13 @@ class StepProfileModel:
         if decodes:
             a, b, c = self.decode_small if decodes <= self.threshold else self.decode_large
             ms += (0.0 if s.prefill_chunks else a) + b * s.decode_ctx + c * decodes
-        return (1e-3 * ms + e.token_overhead_s * s.sampled + e.running_overhead_s * s.running
+        return (1e-3 * ms + e.step_overhead_s + e.seq_overhead_s * s.seqs + e.token_overhead_s * s.sampled
+                + e.running_overhead_s * s.running
                 + e.block_overhead_s * (s.prefill_tokens + decodes) / self.roofline.block_size)
 
     def decode_step_time(self, n: int, context: int) -> float:
-        """A steady step of ``n`` decodes over ``context`` KV tokens (the simulator's fast path)."""
+        """A step of ``n`` decodes over ``context`` KV tokens, ``n`` sequences resident (the
+        simulator's fast-forward of a steady decode group)."""
         return self.time_for(StepShape(n, n, n, decode_ctx=context, running=n))
 
     def step_time(self, batch) -> float:

@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from pdlab.cli import main
 from pdlab.config import ServingConfig
@@ -156,6 +157,25 @@ def test_new_cost_terms_are_plain_additions_and_default_to_zero():
     assert cm.with_efficiency(decode_mbu=cm.eff.mbu / 2).time_for(d) == pytest.approx(cm.time_for(d) + kv)
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 300), st.integers(0, 10 ** 6), st.floats(0, 1e-3), st.floats(0, 1e-3), st.floats(0, 1e-3),
+       st.sampled_from([0.0, 0.3, 0.9]), st.sampled_from([1, 2]))
+def test_fast_forward_decode_time_includes_the_new_terms_bit_for_bit(n, ctx, tok, run, blk, dmbu, tp):
+    cm = CostModel.from_names("a100-80gb", "opt-13b", tp).with_efficiency(
+        token_overhead_s=tok, running_overhead_s=run, block_overhead_s=blk, decode_mbu=dmbu)
+    assert cm.decode_step_time(n, ctx) == cm.time_for(StepShape(n, n, n, decode_ctx=ctx, running=n))
+    sp = load_profile(VLLM_STEP).cost_model("a100-80gb", "opt-13b", tp).with_efficiency(running_overhead_s=run)
+    assert sp.decode_step_time(n, ctx) == sp.time_for(StepShape(n, n, n, decode_ctx=ctx, running=n))
+
+
+def test_fitted_profile_runs_the_same_with_and_without_fast_forward():
+    cfg = dict(mode="aggregated", model="opt-13b", gpu="a100-80gb", profile=str(PROFILES / "a100-80gb-opt-13b-vllm.json"))
+    reqs = read_measured(DS / "vllm-200-2.csv").requests
+    fast = run_serving(reqs, ServingConfig(**cfg)).summary()
+    exact = run_serving(reqs, ServingConfig(**cfg, exact_steps=True)).summary()
+    assert fast == exact
+
+
 def test_running_count_reaches_the_cost_model():
     cfg = ServingConfig(mode="aggregated", model="opt-13b", gpu="a100-80gb")
     seen = []
@@ -225,3 +245,20 @@ def test_cdf_overlay_draws_measured_and_simulated_per_metric():
     assert f.data[1].line.dash == "dash" and list(f.data[1].x) == pytest.approx([110, 220, 330])
     assert "opt-13b on a100-80gb" in f.layout.title.text
     assert sum(t.showlegend for t in f.data) == 3
+
+
+def test_roofline_fit_recovers_mbu_and_writes_an_efficiency_profile(tmp_path, capsys):
+    cfg = ServingConfig(mode="aggregated", model="opt-13b", gpu="a100-80gb")
+    base = read_measured(DS / "vllm-200-2.csv").requests[:50]
+    cms = {"mixed": CostModel.from_names("a100-80gb", "opt-13b").with_efficiency(mbu=0.5)}
+    arr = per_request(run_serving(base, cfg, cost_models=cms).sequences)
+    rows = "".join(f"{r.arrival},{r.prompt_len},{r.max_new_tokens},{a},{b if np.isfinite(b) else ''}\n"
+                   for r, a, b in zip(base, arr["ttft"], arr["tpot"]))
+    path = _csv(tmp_path, rows, "arrived_at,num_prefill_tokens,num_decode_tokens,ttft_s,tpot_s\n")
+    out = tmp_path / "roof.json"
+    assert main(["calibrate", "--measured", str(path), "--model", "opt-13b", "--gpu", "a100-80gb", "--mode",
+                 "aggregated", "--params", "mbu", "-o", str(out), "--quiet", "--max-evals", "60"]) == 0
+    capsys.readouterr()
+    prof = load_profile(out)
+    assert prof.kind == "efficiency" and prof.eff.mbu == pytest.approx(0.5, rel=0.05)
+    assert json.loads(out.read_text())["fitted_on"]["base_profile"] == "ideal"

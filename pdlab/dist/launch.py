@@ -110,10 +110,13 @@ class Runtime:
         if not force and now - self._checked < 0.02:
             return
         self._checked = now
-        for i, p in enumerate(self.procs or ()):
-            if p.exitcode is not None:
-                how = f"was killed by signal {-p.exitcode}" if p.exitcode < 0 else f"exited with code {p.exitcode}"
-                raise self.lost(f"worker {self.names[i]} (process {i}, pid {p.pid}) {how}")
+        dead = [(i, p) for i, p in enumerate(self.procs or ()) if p.exitcode is not None]
+        if dead:
+            # a worker's death makes its peers fail too (their sends break): name the root cause,
+            # one a signal killed, before those that exited on their own
+            i, p = min(dead, key=lambda d: (d[1].exitcode >= 0, d[0]))
+            how = f"was killed by signal {-p.exitcode}" if p.exitcode < 0 else f"exited with code {p.exitcode}"
+            raise self.lost(f"worker {self.names[i]} (process {i}, pid {p.pid}) {how}")
         if started:
             for i in range(self.world):
                 age = heartbeat_age(self.store, i)

@@ -197,27 +197,37 @@ class Attention(nn.Module):
         self.scale = 1.0 / math.sqrt(D)
         self.wqkv = None                 # [(H + 2 Hkv) D, C] once fused (Model.fuse)
 
-    def qkv(self, x, cos_sin):                               # x [T, C]; cos/sin [T, 1, D]
-        """q [T, H, D] (contiguous), k [T, Hkv, D] and v [T, Hkv, D] (views of one buffer), q and
-        k rotated. Fused weights: one GEMM for the three projections and one rotation for q and
-        k together (a decode step is short of bandwidth and long on launches)."""
-        cfg = self.cfg
-        T, H, Hkv, D = x.shape[0], cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    def project(self, x):                                    # x [T, C] -> [T, (H + 2 Hkv) D]
+        """q, k and v side by side, from one GEMM when the weights are fused (Model.fuse)."""
         if not _live(self.wqkv, self.q_proj):                # not fused, or moved since
-            qkv = torch.cat([self.q_proj(x), self.k_proj(x), self.v_proj(x)], dim=-1)
-        else:
-            qkv = F.linear(x, self.wqkv)                     # [T, (H + 2 Hkv) D]
+            return torch.cat([self.q_proj(x), self.k_proj(x), self.v_proj(x)], dim=-1)
+        return F.linear(x, self.wqkv)
+
+    def rotate(self, qkv, cos_sin):                          # qkv [T, (H + 2 Hkv) D]; cos/sin [T, 1, D]
+        """q [T, H, D] (contiguous), k [T, Hkv, D] and v [T, Hkv, D] (views of one buffer), q and
+        k rotated together (one rotation for both)."""
+        cfg = self.cfg
+        T, H, Hkv, D = qkv.shape[0], cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         qk = rope(qkv[:, :(H + Hkv) * D].view(T, H + Hkv, D), *cos_sin)     # [T, H + Hkv, D]
         v = qkv[:, (H + Hkv) * D:].view(T, Hkv, D)
         return qk[:, :H].contiguous(), qk[:, H:], v
 
+    def qkv(self, x, cos_sin):                               # x [T, C]
+        return self.rotate(self.project(x), cos_sin)
+
     def forward_paged(self, x, cos_sin, kv_cache, attn: AttentionMetadata):
-        q, k, v = self.qkv(x, cos_sin)
         k_cache, v_cache = kv_cache                          # [num_blocks, block_size, Hkv, D] each
         be = attn.backend
+        qkv = self.project(x)                                # [T, (H + 2 Hkv) D]
         # write first: a prefill chunk attends to itself through the cache
-        be.write_kv(k.to(k_cache.dtype), v.to(v_cache.dtype), k_cache, v_cache, attn.slot_mapping,
-                    **attn.write_kwargs)
+        fused = getattr(be, "rope_write_kv", None)
+        if fused is not None and qkv.dtype == k_cache.dtype and qkv.element_size() == 2:
+            # one kernel: rotate q and k, store k and v at their slots (six launches otherwise)
+            q = fused(qkv, *cos_sin, k_cache, v_cache, attn.slot_mapping, self.cfg.num_heads)
+        else:
+            q, k, v = self.rotate(qkv, cos_sin)
+            be.write_kv(k.to(k_cache.dtype), v.to(v_cache.dtype), k_cache, v_cache, attn.slot_mapping,
+                        **attn.write_kwargs)
         P = attn.num_prefill_tokens
         outs = []
         if P:

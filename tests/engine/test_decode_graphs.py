@@ -120,3 +120,21 @@ def test_graphs_need_the_numba_backend_on_a_gpu(tiny):
     with pytest.raises(PdlabError, match="graphs: 'yes' is not one of"):
         ModelExecutor(tiny, num_blocks=8, block_size=16, device="cpu", graphs="yes")
     assert ModelExecutor(tiny, num_blocks=8, block_size=16, device="cpu").graphs is None
+
+
+def test_fused_rotation_and_kv_write_in_the_engine(monkeypatch):
+    """A 16-bit model whose cache has its dtype takes the fused rope_write_kv kernel (simulator)
+    and serves the same greedy tokens as the torch backend's rotation + scatter."""
+    from pdlab.kernels import rope_write
+
+    calls = []
+    real = rope_write.rope_write_kv
+    monkeypatch.setattr(rope_write, "rope_write_kv", lambda *a: calls.append(1) or real(*a))
+    from pdlab.kernels import _cache
+    _cache.pop("numba", None)                      # rebuild the backend with the counting kernel
+    model = M.build(small_config(num_layers=1, dtype="float16", kv_dtype="float16"), seed=7)
+    reqs = story_requests(max_new=(4, 3), prompts=["Once upon", "Sam"])
+    _, got = serve(model, reqs, "chunked", 8, num_blocks=16, block_size=16, backend="numba", graphs="eager")
+    _, exp = serve(model, reqs, "chunked", 8, num_blocks=16, block_size=16, backend="torch")
+    _cache.pop("numba", None)
+    assert calls and got == exp

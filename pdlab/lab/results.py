@@ -10,6 +10,13 @@ from ..paths import ROOT
 
 RESULTS = ROOT / "bench" / "results"
 KERNELS_H200 = "kernels-h200-2026-11-29.json"
+#: bench/kernels.py with the tensor-core prefill, newest first (whichever GPU the run had)
+KERNELS_TC_RUNS = ("kernels-h200-2026-12-07.json", "kernels-h100-2026-12-07.json")
+
+
+def tensor_core_run() -> str | None:
+    """The file name of the newest committed kernels run that timed the tensor-core prefill."""
+    return next((n for n in KERNELS_TC_RUNS if (RESULTS / n).is_file()), None)
 
 
 def load(name: str = KERNELS_H200) -> dict:

@@ -280,9 +280,12 @@ def main(argv=None) -> int:
             batch = fac.decode(b, context)
             ex.run(batch)
             st, graph, _ = ex.graphs._entry(ex.graphs.bucket_of(batch.decodes))
-            out["breakdown"][f"{b}x{context}"] = breakdown(graph.replay)
             peer = TorchPeer(model, b, context)
-            out["breakdown"][f"peer {b}x{context}"] = breakdown(peer.run)
+            for name, fn in ((f"{b}x{context}", graph.replay), (f"peer {b}x{context}", peer.run)):
+                try:
+                    out["breakdown"][name] = breakdown(fn)
+                except Exception as e:  # the profiler is a diagnosis: keep the timings without it
+                    out["breakdown"][name] = {"error": f"{type(e).__name__}: {e}"[:300]}
             del peer
             save()
     for tokens in prefills:

@@ -46,3 +46,39 @@ def busy_share(result) -> dict[str, float]:
     dur = max(c.end.max() - c.start.min(), 1e-12)
     return {w: float((c.end[c.worker == i] - c.start[c.worker == i]).sum() / dur)
             for i, w in enumerate(result.workers)}
+
+
+def overload(result, min_ratio: float = 1.05) -> dict | None:
+    """Whether the offered load outran the deployment, and by how much; None if it kept up.
+
+    Offered: the tokens (prompt + output) of every request over the span in which they arrived.
+    Served: the tokens processed inside that span (a prompt counts once its first token is out).
+    A system that keeps up serves about what is offered (the last requests' service time is a
+    small lag); an overloaded one serves its capacity while its queue, and so its TTFT, grows
+    through the run. Both must show: a short run's lag alone never warns. Rejected requests
+    (reported on their own) count in neither."""
+    from bisect import bisect_right
+    seqs = [s for s in result.sequences if s.status is not Status.REJECTED]
+    if len(seqs) < 8:
+        return None
+    arrivals = np.array([s.request.arrival for s in seqs])
+    t0, t1 = float(arrivals.min()), float(arrivals.max())
+    span = t1 - t0
+    if span <= 0:
+        return None
+    offered = sum(s.prompt_len + s.max_new_tokens for s in seqs) / span
+    served = sum((s.prompt_len if s.token_times[0] <= t1 else 0) + bisect_right(s.token_times, t1)
+                 for s in seqs if s.token_times) / span
+    order = np.argsort(arrivals, kind="stable")
+    q = len(order) // 4
+
+    def median_ttft(idx):
+        v = [seqs[i].token_times[0] - seqs[i].request.arrival for i in idx if seqs[i].token_times]
+        return float(np.median(v)) if v else float("inf")
+
+    first, last = median_ttft(order[:q]), median_ttft(order[-q:])
+    ratio = offered / max(served, 1e-12)
+    if ratio < min_ratio or not (last > 2 * first and last > 1.0):
+        return None
+    return {"offered_tok_s": offered, "served_tok_s": served, "ratio": ratio, "span_s": span,
+            "ttft_p50_first_quarter_s": first, "ttft_p50_last_quarter_s": last}

@@ -11,6 +11,7 @@ from .models import model as model_preset
 
 MODES = ("aggregated", "chunked", "disaggregated")
 ROUTERS = ("round-robin", "least-loaded")
+FIRST_TOKEN_FROM = ("prefill", "decode")
 
 
 @dataclass
@@ -30,6 +31,12 @@ class ServingConfig:
     router: str = "least-loaded"
     prefix_cache: bool = False
     profile: str | None = None         # calibrated efficiency JSON (pdlab calibrate)
+    prefill_tp: int | None = None      # disaggregated: GPUs per prefill replica (default tp)
+    decode_tp: int | None = None       # disaggregated: GPUs per decode replica (default tp)
+    first_token_from: str = "prefill"  # disaggregated: who returns the first token (DistServe: prefill;
+                                       # vLLM/SGLang P/D proxies: decode, after the KV transfer)
+    proxy_overhead_s: float = 0.0      # disaggregated: proxy round trips between prefill done and decode start
+    exact_steps: bool = False          # simulate every decode sequence by sequence (the reference path)
 
     def validate(self) -> "ServingConfig":
         if self.mode not in MODES:
@@ -50,17 +57,54 @@ class ServingConfig:
             if pools > self.num_gpus:
                 raise PdlabError(f"the pools need {pools} replicas ({self.prefill_gpus} prefill + "
                                  f"{self.decode_gpus} decode) but --num-gpus gives {self.num_gpus}")
+        self._validate_pools()
         gpu_preset(self.gpu)
         spec = model_preset(self.model)
-        if self.tp > 1:
+        for flag, tp in (("--tp", self.tp), ("--prefill-tp", self.prefill_tp), ("--decode-tp", self.decode_tp)):
+            if tp is None or tp == 1 or (flag != "--tp" and tp == self.tp):
+                continue
             # tensor parallelism splits heads and the FFN across GPUs; KV heads may be replicated
-            bad = [f"{what} ({n})" for what, n in (("heads", spec.heads), ("FFN width", spec.ffn)) if n % self.tp]
-            if spec.kv_heads % self.tp and self.tp % spec.kv_heads:
+            bad = [f"{what} ({n})" for what, n in (("heads", spec.heads), ("FFN width", spec.ffn)) if n % tp]
+            if spec.kv_heads % tp and tp % spec.kv_heads:
                 bad.append(f"KV heads ({spec.kv_heads})")
             if bad:
-                raise PdlabError(f"--tp {self.tp} does not divide {self.model}'s {', '.join(bad)}")
+                raise PdlabError(f"{flag} {tp} does not divide {self.model}'s {', '.join(bad)}")
         parse_link(self.link)
         return self
+
+    def _validate_pools(self) -> None:
+        """Per-pool parallelism and the first-token path exist only with two pools."""
+        if self.first_token_from not in FIRST_TOKEN_FROM:
+            raise PdlabError(f"unknown --first-token-from '{self.first_token_from}' "
+                             f"(choose from: {', '.join(FIRST_TOKEN_FROM)})")
+        if not (self.proxy_overhead_s >= 0 and self.proxy_overhead_s != float("inf")):
+            raise PdlabError(f"--proxy-overhead must be >= 0 seconds, got {self.proxy_overhead_s}")
+        for k in ("prefill_tp", "decode_tp"):
+            v = getattr(self, k)
+            if v is not None and v < 1:
+                raise PdlabError(f"{k.replace('_', '-')} must be >= 1, got {v}")
+        if self.mode != "disaggregated":
+            given = [flag for flag, v in (("--prefill-tp", self.prefill_tp), ("--decode-tp", self.decode_tp),
+                                          ("--first-token-from decode", self.first_token_from != "prefill"),
+                                          ("--proxy-overhead", self.proxy_overhead_s != 0.0)) if v]
+            if given:
+                raise PdlabError(f"{', '.join(given)} need{'s' if len(given) == 1 else ''} --mode disaggregated "
+                                 f"(mode {self.mode} has one pool: use --tp)")
+
+    def pool_tp(self, role: str) -> int:
+        """GPUs per replica of the pool that runs ``role`` ('prefill', 'decode', or 'mixed')."""
+        if role == "prefill" and self.prefill_tp is not None:
+            return self.prefill_tp
+        if role == "decode" and self.decode_tp is not None:
+            return self.decode_tp
+        return self.tp
+
+    @property
+    def per_pool(self) -> bool:
+        """Disaggregated with a pool option away from its default (the JSON then says which)."""
+        return self.mode == "disaggregated" and (
+            self.pool_tp("prefill") != self.tp or self.pool_tp("decode") != self.tp
+            or self.first_token_from != "prefill" or self.proxy_overhead_s != 0.0)
 
     @property
     def replicas(self) -> int:
@@ -70,4 +114,6 @@ class ServingConfig:
 
     @property
     def gpus(self) -> int:
+        if self.mode == "disaggregated":
+            return self.prefill_gpus * self.pool_tp("prefill") + self.decode_gpus * self.pool_tp("decode")
         return self.replicas * self.tp

@@ -34,16 +34,22 @@ def write_report(path: Path, reqs, results, summaries) -> None:
     from . import viz
     figs = []
     window = stall_window(results["aggregated"])
-    figs.append(("Inter-token latency: every gap between two tokens of a stream",
-                 viz.cdf(viz.metric_arrays(results, "itl"), "itl", slo=SLOS[1].seconds)))
-    figs.append(("Time to first token", viz.cdf(viz.metric_arrays(results, "ttft"), "ttft", slo=SLOS[0].seconds)))
+    itl = viz.metric_arrays(results, "itl")
+    clock = viz.clock_label(results["aggregated"])
+    figs.append(("Inter-token latency: every gap between two tokens of a stream (log axis: most gaps "
+                 "are a few ms, the stalls hundreds)", viz.cdf(itl, "itl", slo=SLOS[1].seconds, log_x=True, clock=clock)))
+    figs.append(("Inter-token latency, the tail: the share of gaps longer than x (p99 is where a curve "
+                 "crosses 1%)", viz.cdf(itl, "itl", slo=SLOS[1].seconds, log_x=True, tail=True, clock=clock)))
+    figs.append(("Time to first token", viz.cdf(viz.metric_arrays(results, "ttft"), "ttft", slo=SLOS[0].seconds, clock=clock)))
     figs.append(("ITL percentiles", viz.percentile_bars(summaries, "itl")))
+    stall = SLOS[1].seconds
     for mode, r in results.items():
-        f = viz.token_raster(r, max_requests=80, t_range=window)
-        f.update_xaxes(range=list(window))
-        figs.append((f"Token raster, {mode}: around a long prompt's arrival", f))
+        f = viz.token_raster(r, max_requests=80, t_range=window, stall_s=stall)
+        figs.append((f"Token raster, {mode}: around a long prompt's arrival (orange: an iteration "
+                     f"with prefill longer than {stall * 1e3:g} ms; red: a gap over {stall * 1e3:g} ms)", f))
     for mode, r in results.items():
-        figs.append((f"Iterations, {mode}", viz.batch_timeline(r, max_steps=300)))
+        figs.append((f"Iterations, {mode}: the rasters' window, {window[0]:.1f}-{window[1]:.1f} s",
+                     viz.batch_timeline(r, max_steps=2000, t_range=window)))
     parts = []
     for i, (title, f) in enumerate(figs):
         parts.append(f"<h2>{html.escape(title)}</h2>")
@@ -74,6 +80,23 @@ NVLink, removing the stall at the price of a transfer and a split pool.</p>
     path.write_text(doc)
 
 
+def slo_verdict(summary: dict) -> str:
+    """"meets ..." or "misses <the missed SLOs, each with its value>; meets <the others>"."""
+    def name(r):
+        return f"{r['metric'].upper()} p{r['percentile']:g} <= {_ms(r['target_s'])}"
+    rows = summary["slo_attainment"]["slos"]
+    missed = [f"{name(r)} (it is {'never reached' if r['value_s'] is None else _ms(r['value_s'])})"
+              for r in rows if not r["met"]]
+    met = [name(r) for r in rows if r["met"]]
+    if not missed:
+        return "meets " + ", ".join(met)
+    return "misses " + ", ".join(missed) + ("; meets " + ", ".join(met) if met else "")
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds:g} s" if seconds >= 1 else f"{seconds * 1e3:.1f} ms".replace(".0 ms", " ms")
+
+
 def run_demo(args) -> int:
     t = time.perf_counter()
     reqs, results = run_modes(args.num_requests)
@@ -83,8 +106,7 @@ def run_demo(args) -> int:
     print_table(list(summaries.values()))
     print()
     for m, s in summaries.items():
-        verdict = "meets" if s["slo_attainment"]["all_met"] else "misses"
-        print(f"{m:>13}: {verdict} {', '.join(map(str, SLOS))}")
+        print(f"{m:>13}: {slo_verdict(s)}")
     out = Path(args.out)
     try:
         write_report(out, reqs, results, summaries)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from itertools import chain
 from typing import Callable, Iterable
 
 import numpy as np
@@ -69,8 +68,7 @@ def per_request(seqs: Iterable[Sequence]) -> dict[str, np.ndarray]:
                 "itl_owner": np.zeros(0, dtype=np.int64), "n_out": n_out}
     done = [seqs[i] for i in idx]
     idx = np.asarray(idx)
-    lens = np.fromiter((len(s.token_times) for s in done), np.int64, len(done))
-    times = np.fromiter(chain.from_iterable(s.token_times for s in done), float, int(lens.sum()))
+    times, lens = token_times(done)
     last = np.cumsum(lens) - 1                 # index of each request's last token in ``times``
     first = last - lens + 1
     arrival = np.fromiter((s.request.arrival for s in done), float, len(done))
@@ -88,6 +86,47 @@ def per_request(seqs: Iterable[Sequence]) -> dict[str, np.ndarray]:
     owner = np.repeat(idx, lens - 1)
     return {"ttft": ttft, "tpot": tpot, "e2e": e2e, "queue": queue, "itl": gaps[keep], "itl_owner": owner,
             "n_out": n_out}
+
+
+def token_times(seqs: list[Sequence]) -> tuple[np.ndarray, np.ndarray]:
+    """Every token time of ``seqs``, concatenated in order, and how many each has. Reads the
+    stored pieces (single times, slices of a worker's step times) without building a list per
+    sequence."""
+    pools: dict[int, tuple[int, object]] = {}   # id(step-time array) -> (offset, array)
+    singles: list[float] = []
+    starts: list[int] = []                      # per piece: start in the pool (singles: negative)
+    counts: list[int] = []
+    lens = np.zeros(len(seqs), dtype=np.int64)
+    off = 0
+    for i, s in enumerate(seqs):
+        n = 0
+        for p in s._times:
+            if type(p) is tuple:
+                arr, a, b = p
+                got = pools.get(id(arr))
+                if got is None:
+                    got = pools[id(arr)] = (off, arr)
+                    off += len(arr)
+                starts.append(got[0] + a)
+                counts.append(b - a)
+                n += b - a
+            else:
+                starts.append(-1 - len(singles))
+                singles.append(p)
+                counts.append(1)
+                n += 1
+        lens[i] = n
+    if not pools:
+        return np.asarray(singles, dtype=float), lens
+    pool = np.concatenate([np.asarray(arr, dtype=float) for _, arr in pools.values()]
+                          + [np.asarray(singles, dtype=float)])
+    st = np.asarray(starts, dtype=np.int64)
+    st = np.where(st < 0, off - 1 - st, st)      # singles sit after the step-time arrays
+    cnt = np.asarray(counts, dtype=np.int64)
+    total = int(cnt.sum())
+    first = np.cumsum(cnt) - cnt                 # where each piece starts in the output
+    idx = np.repeat(st - first, cnt) + np.arange(total)
+    return pool[idx], lens
 
 
 def stats(x: np.ndarray) -> dict:
@@ -170,6 +209,56 @@ def _summarize(seqs: list[Sequence], slos: list[SLO] | None, gpus: int) -> dict:
     if slos:
         out["slo_attainment"] = slo_report(arrays, list(slos))
     return out
+
+
+class _Unknown(Exception):
+    def __init__(self, rate: float):
+        self.rate = rate
+
+
+def goodput_search_parallel(meets_many: Callable[[list[float]], list[bool]], width: int = 1,
+                            **kw) -> tuple[float, list[float]]:
+    """``goodput_search`` evaluating up to ``width`` rates per round: the rates the sequential
+    search may ask next (its decision tree, breadth first, from what is known so far) are
+    evaluated together by ``meets_many``, and the sequential search is replayed on the answers.
+    The result is the sequential one whatever ``width`` is. Returns (goodput, the rates the
+    sequential search asked, in order)."""
+    known: dict[float, bool] = {}
+
+    def replay(assumed: dict) -> tuple[float | None, float | None, list[float]]:
+        """(result, None, path) if the search completes on known + assumed answers, else
+        (None, first unknown rate, path)."""
+        path: list[float] = []
+
+        def meets(rate):
+            path.append(rate)
+            if rate in known:
+                return known[rate]
+            if rate in assumed:
+                return assumed[rate]
+            raise _Unknown(rate)
+        try:
+            return goodput_search(meets, **kw), None, path
+        except _Unknown as u:
+            return None, u.rate, path
+
+    while True:
+        result, rate, path = replay({})
+        if rate is None:
+            return result, path
+        batch, frontier = [rate], [({}, rate)]
+        while frontier and len(batch) < width:          # breadth first over assumed outcomes
+            nxt = []
+            for assumed, r in frontier:
+                for outcome in (True, False):
+                    a = {**assumed, r: outcome}
+                    r2 = replay(a)[1]
+                    if r2 is not None and r2 not in batch and len(batch) < width:
+                        batch.append(r2)
+                        nxt.append((a, r2))
+            frontier = nxt
+        for r, ok in zip(batch, meets_many(batch)):
+            known[r] = ok
 
 
 def goodput_search(meets: Callable[[float], bool], start: float = 1.0, rel_tol: float = 0.02,

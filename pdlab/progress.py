@@ -15,7 +15,16 @@ def enabled() -> bool:
 
 
 def _in_notebook() -> bool:
-    return "ipykernel" in sys.modules
+    """A running Jupyter kernel, not merely ipykernel imported (pytest's nbval plugin imports it;
+    the notebook bar would then print its text fallback on stdout)."""
+    if "ipykernel" not in sys.modules:
+        return False
+    try:
+        from IPython import get_ipython
+        shell = get_ipython()
+    except ImportError:
+        return False
+    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
 
 
 def progress(iterable: Iterable, total: int | None = None, desc: str | None = None,

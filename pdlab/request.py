@@ -56,9 +56,10 @@ class Sequence:
     """A request's runtime state on the worker that holds it."""
 
     __slots__ = ("request", "id", "status", "prompt_len", "max_new_tokens", "num_tokens",
-                 "num_computed", "num_cached", "block_table", "output_ids", "token_times",
+                 "num_computed", "num_cached", "block_table", "output_ids", "_times",
                  "first_scheduled", "finish_time", "reject_reason", "num_preemptions",
-                 "transfer_start", "transfer_end", "worker", "finish_at", "_hashes")
+                 "transfer_start", "transfer_end", "worker", "finish_at", "_hashes",
+                 "_group", "_g0", "_nt0", "_gep", "_gblk", "_rank")
 
     def __init__(self, request: Request):
         self.request = request
@@ -72,7 +73,9 @@ class Sequence:
         self.num_cached = 0                       # prompt tokens served by the prefix cache
         self.block_table: list[int] = []
         self.output_ids: list[int] = []           # filled only by executors that produce tokens
-        self.token_times: list[float] = []        # emission time of every output token
+        # emission times of the output tokens, as pieces: a float (one token) or ``(times, a, b)``,
+        # the slice ``times[a:b]`` of a worker's decode-step end times (``token_times`` joins them)
+        self._times: list = []
         self.first_scheduled: float | None = None
         self.finish_time: float | None = None
         self.reject_reason: str | None = None
@@ -81,6 +84,41 @@ class Sequence:
         self.transfer_end: float | None = None
         self.worker: str | None = None            # name of the worker that emitted the first token
         self._hashes: tuple[int, ...] | None = None
+        # while in a worker's DecodeGroup (pdlab.serving.decoding): the group, the group step it
+        # joined at, its num_tokens then, and its membership number (0: not a member)
+        self._group = None
+        self._g0 = self._nt0 = self._gep = self._gblk = self._rank = 0
+
+    @property
+    def token_times(self) -> list[float]:
+        """Emission time of every output token (built on demand from the stored pieces)."""
+        out: list[float] = []
+        for p in self._times:
+            if type(p) is tuple:
+                times, a, b = p
+                out.extend(times[a:b])
+            else:
+                out.append(p)
+        if self._gep:                          # decoding in a group right now: its open piece
+            g = self._group
+            out.extend(g.times[self._g0:g.step])
+        return out
+
+    @token_times.setter
+    def token_times(self, times) -> None:
+        self._times = list(times)
+
+    def move_first_token(self, t: float) -> None:
+        """The first token reaches the user at ``t`` instead (a P/D proxy returns it from the
+        decode side). Only before decoding starts: the first piece is then that one float."""
+        if not self._times or type(self._times[0]) is tuple:
+            raise ValueError(f"sequence {self.id}: no lone first token to move")
+        self._times[0] = t
+
+    def num_token_times(self) -> int:
+        """len(token_times) without building it."""
+        n = sum(p[2] - p[1] if type(p) is tuple else 1 for p in self._times)
+        return n + (self._group.step - self._g0 if self._gep else 0)
 
     @property
     def num_output(self) -> int:
@@ -109,6 +147,10 @@ class Batch:
     decodes: list[Sequence] = field(default_factory=list)
     num_prefill_tokens: int = 0
     decode_context: int = 0     # sum over decodes of their context length (KV read per layer)
+    # decodes of a worker's DecodeGroup (pdlab.serving.decoding): counted here, not listed in
+    # ``decodes``; only executors that read no per-sequence decode state get such batches
+    group_decodes: int = 0
+    num_running: int = 0        # sequences resident on the worker as the step starts (set by Worker.start)
 
     def add_prefill(self, seq: Sequence, n: int) -> None:
         self.prefills.append((seq, n))
@@ -119,25 +161,28 @@ class Batch:
         self.decode_context += seq.num_tokens
 
     def contains(self, seq: Sequence) -> bool:
+        if self.group_decodes and seq._gep:     # every member of the group decodes in this batch
+            return True
         return any(s is seq for s, _ in self.prefills) or any(s is seq for s in self.decodes)
 
     @property
     def num_decode_tokens(self) -> int:
-        return len(self.decodes)
+        return len(self.decodes) + self.group_decodes
 
     @property
     def num_tokens(self) -> int:
-        return self.num_prefill_tokens + len(self.decodes)
+        return self.num_prefill_tokens + len(self.decodes) + self.group_decodes
 
     def __bool__(self) -> bool:
-        return bool(self.prefills or self.decodes)
+        return bool(self.prefills or self.decodes or self.group_decodes)
 
     @property
     def phase(self) -> str:
         """'prefill', 'decode', 'mixed' or 'idle': the phase mix of this iteration."""
-        if self.prefills and self.decodes:
+        dec = self.decodes or self.group_decodes
+        if self.prefills and dec:
             return "mixed"
-        return "prefill" if self.prefills else ("decode" if self.decodes else "idle")
+        return "prefill" if self.prefills else ("decode" if dec else "idle")
 
     def sampling(self) -> list[Sequence]:
         """Sequences that emit a token after this iteration, in batch order (prefill chunks

@@ -14,31 +14,47 @@ from .config import ServingConfig
 from .request import Request
 from .serving import Cluster, ExecutorFactory, RunResult
 from .serving.cluster import StepHook
-from .sim import CostModel, CostModelExecutor, Efficiency
+from .sim import CostModel, CostModelExecutor
+from .sim.profiles import load_profile
 
 
-def cost_model_for(config: ServingConfig) -> CostModel:
-    """The simulated replica of ``config``: its GPU, model, TP and efficiency profile."""
-    eff = Efficiency.load(config.profile) if config.profile else None
-    return CostModel.from_names(config.gpu, config.model, config.tp, eff)
+def cost_model_for(config: ServingConfig, role: str | None = None) -> CostModel:
+    """The simulated replica of ``config`` that runs ``role`` ('prefill', 'decode', 'mixed'; None:
+    ``config.tp``): its GPU, model, the pool's TP and the profile (an efficiency profile's
+    roofline, or a step profile's own step-time model)."""
+    tp = config.tp if role is None else config.pool_tp(role)
+    return load_profile(config.profile).cost_model(config.gpu, config.model, tp, config.block_size)
+
+
+def pool_roles(config: ServingConfig) -> tuple[str, ...]:
+    """The worker roles a configuration runs."""
+    return ("prefill", "decode") if config.mode == "disaggregated" else ("mixed",)
 
 
 def sim_clock(config: ServingConfig) -> str:
-    tp = f" x tp{config.tp}" if config.tp > 1 else ""
+    if config.mode == "disaggregated" and config.pool_tp("prefill") != config.pool_tp("decode"):
+        tp = f" x prefill tp{config.pool_tp('prefill')} / decode tp{config.pool_tp('decode')}"
+    else:
+        tp = f" x tp{config.tp}" if config.tp > 1 else ""
     return f"simulated (cost model: {config.model} on {config.gpu}{tp})"
 
 
 def run_serving(requests: Iterable[Request], config: ServingConfig,
                 executor_factory: ExecutorFactory | None = None, clock: str | None = None,
-                on_step: StepHook | None = None) -> RunResult:
+                on_step: StepHook | None = None, cost_models: dict | None = None) -> RunResult:
     """Serve ``requests`` with ``config``. ``clock`` names where the seconds come from (set it
     with a real engine, e.g. "measured on NVIDIA H100"); ``on_step(worker, batch, result)`` sees
-    every iteration as it starts."""
+    every iteration as it starts. ``cost_models`` ({role: cost model}) replaces what
+    ``config.profile`` gives (a fit tries candidates this way)."""
     config = config.validate()
-    cm = cost_model_for(config)
-    num_blocks = config.num_blocks or cm.num_blocks(config.block_size)
+    models = cost_models or {role: cost_model_for(config, role) for role in pool_roles(config)}
+    if config.num_blocks:
+        num_blocks: int | dict = config.num_blocks
+    else:   # what fits beside the weights on each pool's TP GPUs
+        per_role = {role: cm.num_blocks(config.block_size) for role, cm in models.items()}
+        num_blocks = next(iter(per_role.values())) if len(set(per_role.values())) == 1 else per_role
     if executor_factory is None:
-        shared = CostModelExecutor(cm)            # stateless: one serves every worker
-        executor_factory = lambda name, role, nb, bs: shared  # noqa: E731
+        shared = {role: CostModelExecutor(cm) for role, cm in models.items()}   # stateless: one per pool
+        executor_factory = lambda name, role, nb, bs: shared[role]  # noqa: E731
         clock = clock or sim_clock(config)
     return Cluster(config, executor_factory, num_blocks, clock or "", on_step).run(requests)

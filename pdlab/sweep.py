@@ -10,6 +10,7 @@ functions, configs, request lists).
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from typing import Any
@@ -60,6 +61,32 @@ def map(fn: Callable[[Any], Any], items: Iterable[Any], jobs: int | None = 1, da
         return [fn(x) for x in progress(items, desc=desc)]
     with ProcessPoolExecutor(max_workers=jobs) as pool:
         return _gather(pool, fn, items, desc)
+
+
+@contextmanager
+def mapper(jobs: int | None = 1, dask: Any = None):
+    """A reusable ``map``: yields ``run(fn, items) -> [fn(x) for x in items]`` on one pool of
+    processes (or one Dask client) kept for the whole block, for searches that map round after
+    round (``pdlab goodput``)."""
+    if dask is not None:
+        client = dask_client(dask)
+        try:
+            yield lambda fn, items: _ordered(client, fn, items)
+        finally:
+            if client is not dask:
+                client.close()
+        return
+    jobs = check_jobs(jobs)
+    if jobs == 1:
+        yield lambda fn, items: [fn(x) for x in items]
+        return
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        yield lambda fn, items: _ordered(pool, fn, items)
+
+
+def _ordered(executor, fn, items) -> list:
+    futures = [executor.submit(fn, x) for x in items]
+    return [f.result() for f in futures]
 
 
 def _gather(executor: Executor, fn, items: Sequence, desc, owns: bool = False) -> list:

@@ -1,7 +1,9 @@
 """Trace files in and out.
 
     CSV   ``arrived_at,num_prefill_tokens,num_decode_tokens`` (Splitwise/Vidur convention;
-          ``arrived_at`` optional: without it arrivals are generated)
+          ``arrived_at`` optional: without it arrivals are generated; Vidur's derived
+          ``num_total_tokens,pd_ratio`` are accepted and ignored; any other column is an error,
+          so that a misspelt ``arrived_at`` never silently turns a timed trace into Poisson)
     JSONL Mooncake: ``{"timestamp": ms, "input_length", "output_length", "hash_ids": [...]}``
           where equal hash ids name equal 512-token prefix blocks
 
@@ -11,6 +13,7 @@ A malformed row raises ``PdlabError`` naming the file and line.
 from __future__ import annotations
 
 import csv
+import difflib
 import json
 from pathlib import Path
 
@@ -18,6 +21,28 @@ from .errors import PdlabError
 from .request import Request
 
 MOONCAKE_BLOCK = 512   # tokens per hash id in the Mooncake trace
+CSV_REQUIRED = ("num_prefill_tokens", "num_decode_tokens")
+CSV_COLUMNS = ("arrived_at",) + CSV_REQUIRED
+CSV_IGNORED = ("num_total_tokens", "pd_ratio")   # Vidur's derived columns
+
+
+def check_csv_header(cols: list[str], where: str) -> None:
+    """Every required column present and no unknown one; the error names the columns found and
+    the nearest known name of a misspelt one."""
+    found = f"found: {', '.join(cols) if cols else '(empty header)'}"
+    known = CSV_COLUMNS + CSV_IGNORED
+    unknown = [c for c in cols if c not in known]
+    if unknown:
+        hints = []
+        for c in unknown:
+            near = difflib.get_close_matches(c.strip().lower(), known, n=1, cutoff=0.6)
+            hints.append(f"'{c}'" + (f" (did you mean '{near[0]}'?)" if near else ""))
+        raise PdlabError(f"{where}: unknown column(s) {', '.join(hints)}; expected "
+                         f"[arrived_at,]{','.join(CSV_REQUIRED)}; {found}")
+    missing = [c for c in CSV_REQUIRED if c not in cols]
+    if missing:
+        raise PdlabError(f"{where}: missing column(s) {', '.join(missing)}; expected "
+                         f"[arrived_at,]{','.join(CSV_REQUIRED)}; {found}")
 
 
 def _int_field(row: dict, key: str, where: str) -> int:
@@ -41,16 +66,24 @@ def _time_field(raw, key: str, where: str, scale: float = 1.0) -> float:
     return v
 
 
-def read_trace(path: str | Path) -> list[Request]:
+def _rows(rows, show: bool, path: Path):
+    if not show:
+        return rows
+    from .progress import progress
+    return progress(rows, desc=f"reading {path.name}", unit="req")
+
+
+def read_trace(path: str | Path, show_progress: bool = False) -> list[Request]:
     """Requests from a CSV or Mooncake JSONL trace. Arrival is -1.0 where the file has none
-    (``has_arrivals`` tells); a malformed row raises PdlabError naming file and line."""
+    (``has_arrivals`` tells); a malformed row raises PdlabError naming file and line.
+    ``show_progress``: a bar on stderr for a long file (the CLI's)."""
     path = Path(path)
     if not path.is_file():
         raise PdlabError(f"trace file {path} not found")
     reqs: list[Request] = []
     if path.suffix == ".jsonl":
         with path.open() as f:
-            for ln, line in enumerate(f, 1):
+            for ln, line in enumerate(_rows(f, show_progress, path), 1):
                 if not line.strip():
                     continue
                 where = f"{path}:{ln}"
@@ -74,13 +107,10 @@ def read_trace(path: str | Path) -> list[Request]:
         return reqs
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
-        cols = reader.fieldnames or []
-        missing = {"num_prefill_tokens", "num_decode_tokens"} - set(cols)
-        if missing:
-            raise PdlabError(f"{path}:1: missing column(s) {', '.join(sorted(missing))} "
-                             f"(expected arrived_at,num_prefill_tokens,num_decode_tokens)")
+        cols = list(reader.fieldnames or [])
+        check_csv_header(cols, f"{path}:1")
         timed = "arrived_at" in cols
-        for ln, row in enumerate(reader, 2):
+        for ln, row in enumerate(_rows(reader, show_progress, path), 2):
             where = f"{path}:{ln}"
             if None in row or any(v is None for v in row.values()):
                 raise PdlabError(f"{where}: expected {len(cols)} fields")

@@ -116,9 +116,10 @@ def arrivals(n: int, rate: float, rng: np.random.Generator, burstiness: float = 
 
 
 def make_requests(n: int, rate: float, lengths: Lengths | str = "sharegpt", seed: int = 0,
-                  burstiness: float = 1.0) -> list[Request]:
+                  burstiness: float = 1.0, show_progress: bool = False) -> list[Request]:
     """``n`` requests with lengths from ``lengths`` (a preset name or a Lengths) arriving at
-    ``rate``. Same seed, same requests; a different rate only rescales the arrival times."""
+    ``rate``. Same seed, same requests; a different rate only rescales the arrival times.
+    ``show_progress``: a bar on stderr while millions of requests are built (the CLI's)."""
     if n < 1:
         raise PdlabError(f"number of requests must be >= 1, got {n}")
     if isinstance(lengths, str):
@@ -126,7 +127,11 @@ def make_requests(n: int, rate: float, lengths: Lengths | str = "sharegpt", seed
     rng = np.random.default_rng(seed)
     pin, pout = lengths.sample(n, rng)
     t = arrivals(n, rate, np.random.default_rng(seed + 1), burstiness)
-    return [Request(i, float(t[i]), int(pin[i]), int(pout[i])) for i in range(n)]
+    ids = range(n)
+    if show_progress:
+        from .progress import progress
+        ids = progress(ids, total=n, desc="making requests", unit="req")
+    return [Request(i, float(t[i]), int(pin[i]), int(pout[i])) for i in ids]
 
 
 def with_rate(requests: list[Request], rate: float, seed: int = 0, burstiness: float = 1.0) -> list[Request]:

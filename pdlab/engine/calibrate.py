@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import PdlabError
 from ..paths import PROFILES as PROFILES_DIR
 from ..sim.costmodel import CostModel
 from ..sim.fit import FIT_PARAMS, error_summary, fit_shapes, predict_shapes, shape_of
@@ -257,7 +258,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="weight of one grid point against one served step in the --serve-workload fit")
 
 
+def check_arguments(args) -> None:
+    """Bad flags answer at once, before torch loads (seconds) and the grid runs (minutes)."""
+    for flag in ("repeats", "serve_requests", "num_layers"):
+        v = getattr(args, flag, None)
+        if v is not None and v < 1:
+            raise PdlabError(f"--{flag.replace('_', '-')} must be >= 1, got {v}")
+    for flag in ("serve_rate", "grid_weight"):
+        v = getattr(args, flag, None)
+        if v is not None and not 0 < v < float("inf"):
+            raise PdlabError(f"--{flag.replace('_', '-')} must be > 0, got {v}")
+    if args.device not in (None, "cpu", "cuda") and not str(args.device).startswith("cuda:"):
+        raise PdlabError(f"--device must be cpu or cuda, got '{args.device}'")
+
+
 def run(args) -> int:
+    check_arguments(args)
     import torch
 
     model = args.model or ("llama-3.2-1b" if torch.cuda.is_available() and args.device != "cpu" else "tiny")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 from ..errors import PdlabError
 from ..request import Request, Sequence
@@ -74,6 +75,14 @@ def run(args) -> int:
         raise PdlabError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     if args.block_size < 1:
         raise PdlabError(f"--block-size must be >= 1, got {args.block_size}")
+    if args.threads < 0:
+        raise PdlabError(f"--threads must be >= 0 (0: torch's default), got {args.threads}")
+    if args.device not in (None, "cpu", "cuda") and not args.device.startswith("cuda:"):
+        raise PdlabError(f"--device must be cpu or cuda, got '{args.device}'")
+    for name in ("config.json", "model.safetensors"):
+        if args.weights is not None and not (Path(args.weights) / name).is_file():
+            raise PdlabError(f"--weights {args.weights}: no {name} there (a model directory holds "
+                             f"config.json + model.safetensors)")
     from . import model as M
     from .executor import ModelExecutor
     if args.threads >= 1:

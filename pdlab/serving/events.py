@@ -59,6 +59,13 @@ class EventQueue:
     def __bool__(self) -> bool:
         return bool(self._heap) or self._next < len(self._arrivals)
 
+    def next_times(self) -> tuple[float, float]:
+        """(time of the next scheduled event, time of the next arrival); inf where none."""
+        inf = float("inf")
+        i = self._next
+        return (self._heap[0][0] if self._heap else inf,
+                self._arrivals[i].arrival if i < len(self._arrivals) else inf)
+
     def pop(self):
         """(time, event) of the next event."""
         heap, i = self._heap, self._next

@@ -51,6 +51,9 @@ class BlockManager:
         self._lru: OrderedDict[int, None] = OrderedDict()     # cached blocks, oldest first
         self._hash_of: dict[int, int] = {}                    # block -> prefix hash
         self._block_of: dict[int, int] = {}                   # prefix hash -> block
+        # blocks promised to decoding sequences without an id yet (a DecodeGroup's block growth,
+        # named when the sequence leaves the group): counted out of ``_free``
+        self.reserved = 0
         self.hits = 0                                         # prefix-cache hit tokens
         self.queries = 0                                      # prompt tokens looked up
 
@@ -58,7 +61,7 @@ class BlockManager:
     @property
     def num_free(self) -> int:
         """Blocks that can be handed out now (free + evictable cached)."""
-        return len(self._free) + len(self._lru)
+        return len(self._free) + len(self._lru) - self.reserved
 
     @property
     def num_used(self) -> int:
@@ -76,7 +79,7 @@ class BlockManager:
 
     # ---- allocation -----------------------------------------------------------------------
     def _take(self) -> int:
-        if self._free:
+        if len(self._free) > self.reserved:
             b = self._free.pop()
         else:  # evict the least recently used cached prefix block
             b, _ = self._lru.popitem(last=False)
@@ -90,7 +93,7 @@ class BlockManager:
         if n > self.num_free:
             raise RuntimeError(f"needs {n} blocks, {self.num_free} free")
         free = self._free
-        k = min(n, len(free))
+        k = min(n, len(free) - self.reserved)
         got = free[len(free) - k:]
         del free[len(free) - k:]
         got.reverse()
@@ -105,6 +108,19 @@ class BlockManager:
         need = self.blocks_needed(seq, n_new)
         if need:
             seq.block_table.extend(self.take(need))
+
+    def reserve(self, n: int) -> bool:
+        """Promise ``n`` free blocks without naming them (False, and nothing promised, if fewer
+        than ``n`` are free without evicting a cached prefix)."""
+        if len(self._free) - self.reserved < n:
+            return False
+        self.reserved += n
+        return True
+
+    def claim(self, seq: Sequence, n: int) -> None:
+        """Name ``n`` of the promised blocks and give them to ``seq``."""
+        self.reserved -= n
+        seq.block_table.extend(self.take(n))
 
     def append_block(self, seq: Sequence) -> None:
         """One more block for ``seq`` (a decode crossing a block boundary). Caller checked room."""
@@ -165,6 +181,16 @@ class BlockManager:
         seq.num_computed = seq.num_cached = n
         self.hits += n
         return n
+
+    def unmatch(self, seq: Sequence) -> None:
+        """Undo ``match_prefix`` for a sequence that was not admitted after all: its matched
+        blocks go back to the cache and the lookup is not counted."""
+        if not self.enable_prefix_cache or seq.num_computed != seq.num_cached:
+            return
+        self.hits -= seq.num_cached
+        self.queries -= seq.prompt_len
+        self.free(seq)
+        seq.num_computed = seq.num_cached = 0
 
     def register_prefix(self, seq: Sequence) -> None:
         """After a step: name the prompt blocks ``seq`` has completely computed."""

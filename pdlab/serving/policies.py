@@ -49,6 +49,7 @@ class ChunkedScheduler(Scheduler):
         if not token_budget >= 1:
             raise ValueError(f"token budget (chunk size) must be >= 1, got {token_budget}")
         self.token_budget = token_budget
+        self.decode_budget = token_budget
 
     def schedule(self, now: float) -> Batch:
         batch = Batch()
@@ -134,4 +135,6 @@ class DecodeOnlyScheduler(ChunkedScheduler):
         """The KV has arrived: ``seq`` joins the running decodes."""
         seq.block_table = block_table
         seq.status = Status.RUNNING
-        self.running.append(seq)
+        self._add_running(seq)
+        if self._formed:
+            self.group.join(seq)

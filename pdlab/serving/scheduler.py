@@ -11,6 +11,10 @@ This module holds what they share: admission against the KV cache, the per-token
 preemption by recompute (the most recently admitted sequence loses its KV and goes back to the
 front of the queue; nothing is ever dropped) and the token accounting of ``postprocess``.
 A sequence finishes at ``max_new_tokens`` or when it samples one of its request's stop tokens.
+
+With ``lazy`` set (the cluster sets it for the cost-model clock unless ``exact_steps``), the steady
+decodes are kept as a ``DecodeGroup`` (``pdlab.serving.decoding``) instead of being walked one by
+one; the per-sequence path below is the reference both must match.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 from collections import deque
 
 from ..request import Batch, Sequence, Status, StepResult
+from .decoding import DecodeGroup
 from .kv import BlockManager
 
 INF = float("inf")
@@ -36,6 +41,16 @@ class Scheduler:
         self.num_preemptions = 0
         # keep a little memory free before admitting more, so running streams can grow
         self.watermark = block_manager.num_blocks // 100
+        self.lazy = False                      # keep steady decodes as a DecodeGroup
+        self.group = DecodeGroup(block_manager)
+        self._formed = False                   # the group holds this worker's decoding sequences
+        self.prefilling: list[Sequence] = []   # while formed: running sequences not in the group
+        self._ranks = 0                        # admission counter (running order)
+
+    def _add_running(self, seq: Sequence) -> None:
+        self._ranks += 1
+        seq._rank = self._ranks
+        self.running.append(seq)
 
     # ---- admission --------------------------------------------------------------------------
     def max_blocks_needed(self, seq: Sequence) -> int:
@@ -87,17 +102,22 @@ class Scheduler:
             self.bm.match_prefix(seq)
             n = seq.num_tokens - seq.num_computed
             if whole:
-                if batch.prefills and n > budget:
-                    break
+                fits = not (batch.prefills and n > budget)
             else:
                 n = min(n, budget)
-            if not self._can_admit(seq, n):
+                fits = True
+            if not (fits and self._can_admit(seq, n)):
+                # a waiting sequence holds no blocks: a match kept while it waits (behind a
+                # preemption, say) would pin cache blocks nobody computes with, until nothing fits
+                self.bm.unmatch(seq)
                 break
             self.waiting.popleft()
             seq.status = Status.RUNNING
             if seq.first_scheduled is None:
                 seq.first_scheduled = now
-            self.running.append(seq)
+            self._add_running(seq)
+            if self._formed:
+                self.prefilling.append(seq)
             self.bm.allocate(seq, n)
             batch.add_prefill(seq, int(n))
             budget -= n
@@ -105,6 +125,11 @@ class Scheduler:
 
     def _preempt_tail(self) -> Sequence:
         victim = self.running.pop()
+        if self._formed:
+            if victim._gep:
+                self.group.leave(victim)
+            else:
+                self.prefilling.remove(victim)
         self.bm.free(victim)
         victim.num_computed = victim.num_cached = 0
         victim.status = Status.PREEMPTED
@@ -139,6 +164,23 @@ class Scheduler:
         KV for ``num_tokens - 1`` tokens in ``ceil((num_tokens - 1) / block_size)`` blocks, so its
         new token opens a block exactly when ``(num_tokens - 1) % block_size == 0``."""
         running, bm = self.running, self.bm
+        if self.lazy:
+            if budget >= len(running) and bm.num_free >= len(running):
+                # no decode can be refused a block: the group decodes as one
+                g = self.group
+                if not self._formed:
+                    self._form_group()
+                if g.n:
+                    g.open_blocks()
+                    batch.group_decodes = g.n
+                    batch.decode_context += g.ctx
+                    g.inflight = True
+                    budget -= g.n
+                return list(self.prefilling), budget
+            if self._formed:              # memory or budget is short: sequence by sequence
+                self.group.dissolve()
+                self._formed = False
+                self.prefilling = []
         bs = bm.block_size
         decodes, prefilling = batch.decodes, []
         ctx = 0
@@ -171,9 +213,38 @@ class Scheduler:
         batch.decode_context += ctx
         return prefilling, budget
 
+    decode_budget: float = INF      # tokens the decodes of one iteration may use (chunked: its budget)
+
+    def steady_decode(self) -> int:
+        """If the next iteration is this worker's decode group alone (no prompt waiting or
+        part-way, every decode sure of a block), schedule it exactly as ``schedule`` would: open
+        the blocks its tokens need and return its number of decodes (their context is
+        ``group.ctx``). Otherwise return 0 and change nothing."""
+        g = self.group
+        if not (self._formed and g.n and not self.waiting and not self.prefilling):
+            return 0
+        n = len(self.running)
+        if self.decode_budget < n or self.bm.num_free < n:
+            return 0
+        g.open_blocks()
+        return g.n
+
+    def _form_group(self) -> None:
+        g, pre = self.group, []
+        for seq in self.running:
+            nt = seq.num_tokens
+            if nt - seq.num_computed != 1 or nt == seq.prompt_len:
+                pre.append(seq)
+            else:
+                g.join(seq)
+        self.prefilling = pre
+        self._formed = True
+
     def postprocess(self, batch: Batch, result: StepResult, now: float) -> list[Sequence]:
         """Advance ``batch`` by one iteration that ended at ``now``; returns the sequences that
         left this worker (finished, or handed off)."""
+        if self._formed:
+            return self._postprocess_group(batch, now)
         tokens = result.tokens
         k = 0
         done = []
@@ -191,7 +262,7 @@ class Scheduler:
             for seq in batch.decodes:
                 seq.num_computed += 1
                 seq.num_tokens += 1
-                seq.token_times.append(now)
+                seq._times.append(now)
                 if seq.num_tokens >= seq.finish_at:
                     self._finish(seq, now)
                     done.append(seq)
@@ -200,7 +271,7 @@ class Scheduler:
                 seq.output_ids.append(tok)
                 seq.num_computed += 1
                 seq.num_tokens += 1
-                seq.token_times.append(now)
+                seq._times.append(now)
                 if seq.num_tokens >= seq.finish_at or tok in seq.request.stop_ids:
                     self._finish(seq, now)
                     done.append(seq)
@@ -209,11 +280,35 @@ class Scheduler:
             self.running = [s for s in self.running if id(s) not in gone]
         return done
 
+    def _postprocess_group(self, batch: Batch, now: float) -> list[Sequence]:
+        """``postprocess`` while the group is formed: the same accounting, in the same order
+        (prefills, then the decodes that finished, in admission order)."""
+        g, bm = self.group, self.bm
+        finished = g.advance(batch.group_decodes, now) if batch.group_decodes else ()
+        done = []
+        for seq, n in batch.prefills:
+            seq.num_computed += n
+            if bm.enable_prefix_cache:
+                bm.register_prefix(seq)
+            if seq.num_computed == seq.num_tokens:
+                self.prefilling.remove(seq)
+                if self._emit(seq, None, now):
+                    done.append(seq)
+                else:
+                    g.join(seq)
+        for seq in finished:
+            self._finish(seq, now)
+            done.append(seq)
+        running = self.running
+        for seq in done:
+            running.remove(seq)
+        return done
+
     def _emit(self, seq: Sequence, token: int | None, now: float) -> bool:
         """A prefill reached the end of its tokens: append the sampled token; True when the
         sequence leaves this worker."""
         seq.num_tokens += 1
-        seq.token_times.append(now)
+        seq._times.append(now)
         stop = False
         if token is not None:
             seq.output_ids.append(token)

@@ -44,6 +44,7 @@ class Worker:
         batch = self.sched.schedule(now)
         if not batch:
             return None
+        batch.num_running = len(self.sched.running)
         result = self.executor.run(batch)
         self.busy = True
         return StepDone(self, batch, result, now)

@@ -43,6 +43,7 @@ class StepShape(NamedTuple):
     decode_ctx: int = 0      # KV the decodes read (sum of their context lengths)
     prefill_chunks: int = 0
     mixed: bool = False      # prefill chunks and decodes in one step
+    running: int = 0         # sequences resident on the worker (the engine's per-step pass walks them all)
 
     @classmethod
     def prefill(cls, tokens: int, context: int = 0) -> "StepShape":
@@ -64,7 +65,7 @@ class StepShape(NamedTuple):
 
     def __add__(self, other: "StepShape") -> "StepShape":
         """Both in one step (e.g. a prefill chunk with decodes riding along)."""
-        s = StepShape(*(a + b for a, b in zip(self[:8], other[:8])), False)
+        s = StepShape(*(a + b for a, b in zip(self[:8], other[:8])), False, self.running + other.running)
         return s._replace(mixed=bool(s.prefill_chunks and s.seqs > s.prefill_chunks))
 
 
@@ -81,6 +82,11 @@ class Efficiency:
     seq_overhead_s: float = 2e-5       # per sequence in the batch
     prefill_overhead_s: float = 0.0    # per prefill chunk in the batch (its own attention call, metadata)
     mixed_overhead_s: float = 0.0      # per step that runs both phases (two attention paths per layer)
+    # terms a production engine pays beyond the roofline (0: the ideal engine; see docs/DESIGN.md)
+    decode_mbu: float = 0.0            # decode attention's own share of HBM bandwidth (0: mbu)
+    token_overhead_s: float = 0.0      # per sampled token (sampling, detokenising, streaming it out)
+    running_overhead_s: float = 0.0    # per sequence resident on the worker, every step (scheduler, output pass)
+    block_overhead_s: float = 0.0      # per KV block allocated (block tables, allocator)
     mem_util: float = 0.9              # share of GPU memory the engine may use
     source: str = "defaults"           # or the profile file it was fitted into
 
@@ -103,12 +109,14 @@ class CostModel:
     model: ModelSpec
     tp: int = 1
     eff: Efficiency = field(default_factory=Efficiency)
+    block_size: int = 16               # tokens per KV block (what block_overhead_s counts)
 
     @classmethod
-    def from_names(cls, gpu: str, model: str, tp: int = 1, eff: Efficiency | None = None) -> "CostModel":
+    def from_names(cls, gpu: str, model: str, tp: int = 1, eff: Efficiency | None = None,
+                   block_size: int = 16) -> "CostModel":
         if tp < 1:
             raise PdlabError(f"tensor parallelism must be >= 1, got {tp}")
-        return cls(gpu_preset(gpu), model_preset(model), tp, eff or Efficiency())
+        return cls(gpu_preset(gpu), model_preset(model), tp, eff or Efficiency(), block_size)
 
     def with_efficiency(self, **kw) -> "CostModel":
         return replace(self, eff=replace(self.eff, **kw))
@@ -146,16 +154,17 @@ class CostModel:
         """The batch's totals, read once (the scheduler filled ``num_prefill_tokens`` and
         ``decode_context`` while building it)."""
         prefill_ctx = prefill_pairs = 0
-        n_sampled = len(batch.decodes)
+        n_dec = len(batch.decodes) + batch.group_decodes
+        n_sampled = n_dec
         for seq, n in batch.prefills:
             c = seq.num_computed                     # context already in the cache
             prefill_pairs += n * c + n * (n + 1) // 2  # causal query x key pairs
             prefill_ctx += c + n
             n_sampled += c + n == seq.num_tokens
         n_chunks = len(batch.prefills)
-        return StepShape(batch.num_prefill_tokens + len(batch.decodes), n_sampled, n_chunks + len(batch.decodes),
+        return StepShape(batch.num_prefill_tokens + n_dec, n_sampled, n_chunks + n_dec,
                          prefill_pairs, prefill_ctx, batch.num_prefill_tokens, batch.decode_context, n_chunks,
-                         bool(n_chunks and batch.decodes))
+                         bool(n_chunks and n_dec), batch.num_running)
 
     def step_time(self, batch: Batch) -> float:
         """Seconds for one iteration running ``batch``."""
@@ -172,13 +181,49 @@ class CostModel:
         t_linear = max(flops / (peak * e.mfu), weight_bytes / bw)
         # attention: QK^T and PV (4 FLOPs per query-key pair per head dim); KV read once per step
         attn_flops = per_pair * (s.prefill_pairs + s.decode_ctx)
-        attn_bytes = kv_tok * (s.prefill_ctx + s.decode_ctx + s.prefill_tokens)   # reads + new writes
-        t_attn = max(attn_flops / (peak * e.attn_eff), attn_bytes / bw) if attn_flops else 0.0
+        if e.decode_mbu:   # decode attention (paged, one query per sequence) at a bandwidth share of its own
+            t_bytes = (kv_tok * (s.prefill_ctx + s.prefill_tokens) / bw
+                       + kv_tok * s.decode_ctx / (bw / e.mbu * e.decode_mbu))
+        else:
+            t_bytes = kv_tok * (s.prefill_ctx + s.decode_ctx + s.prefill_tokens) / bw   # reads + new writes
+        t_attn = max(attn_flops / (peak * e.attn_eff), t_bytes) if attn_flops else 0.0
         t = (t_linear + t_attn + e.step_overhead_s + e.seq_overhead_s * s.seqs
-             + e.prefill_overhead_s * s.prefill_chunks + (e.mixed_overhead_s if s.mixed else 0.0))
+             + e.prefill_overhead_s * s.prefill_chunks + (e.mixed_overhead_s if s.mixed else 0.0)
+             # engine costs beyond the roofline: plain arithmetic on the step's totals (0 by default)
+             + e.token_overhead_s * s.sampled + e.running_overhead_s * s.running
+             + e.block_overhead_s * (s.prefill_tokens + s.seqs - s.prefill_chunks) / self.block_size)
         if self.tp > 1:   # two ring all-reduces of the activations per layer
             act = s.tokens * m.hidden * m.dtype_bytes
             t += 2 * m.layers * (2 * (self.tp - 1) / self.tp * act / (self.gpu.link_gbps * 1e9) + 5e-6)
+        return t
+
+    def decode_step_time(self, n: int, context: int) -> float:
+        """``time_for`` of a step of ``n`` decodes over ``context`` KV tokens and nothing else
+        (``n`` sequences resident: a steady decode group), term for term the same floating-point
+        operations (the simulator's fast-forward calls it once per steady iteration; a test
+        checks it equals ``time_for`` bit for bit)."""
+        c = self.__dict__.get("_dc")
+        if c is None or c[0] != n:
+            m, e = self.model, self.eff
+            layer_flops, head_flops, weight_bytes, per_pair, kv_tok, peak, bw = self._consts()
+            t_linear = max((n * layer_flops + n * head_flops) / (peak * e.mfu), weight_bytes / bw)
+            tp_s = 0.0
+            if self.tp > 1:
+                act = n * m.hidden * m.dtype_bytes
+                tp_s = 2 * m.layers * (2 * (self.tp - 1) / self.tp * act / (self.gpu.link_gbps * 1e9) + 5e-6)
+            # the engine terms beyond the roofline, as time_for adds them (sampled = running = n)
+            extra = (e.token_overhead_s * n, e.running_overhead_s * n, e.block_overhead_s * n / self.block_size)
+            kv_bw = bw / e.mbu * e.decode_mbu if e.decode_mbu else bw
+            c = self.__dict__["_dc"] = (n, t_linear, per_pair, peak * e.attn_eff, kv_tok, kv_bw, e.step_overhead_s,
+                                        e.seq_overhead_s * n, e.prefill_overhead_s * 0, self.tp > 1, tp_s, extra)
+        _, t_linear, per_pair, attn_peak, kv_tok, bw, step_s, seqs_s, chunks_s, tp, tp_s, extra = c
+        if context:
+            t_attn = max(per_pair * context / attn_peak, kv_tok * context / bw)
+        else:
+            t_attn = 0.0
+        t = t_linear + t_attn + step_s + seqs_s + chunks_s + 0.0 + extra[0] + extra[1] + extra[2]
+        if tp:
+            t += tp_s
         return t
 
     def prefill_time(self, tokens: int, context: int = 0) -> float:

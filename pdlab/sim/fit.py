@@ -21,7 +21,7 @@ _LOG_PARAMS = ("mfu", "attn_eff", "mbu")         # fitted as log(x); the overhea
 
 def shape_of(record: dict) -> StepShape:
     """The ``StepShape`` stored in a record (its fields, as ``StepShape._asdict()`` wrote them)."""
-    return StepShape(**{k: record[k] for k in StepShape._fields})
+    return StepShape(**{k: record[k] for k in StepShape._fields if k in record})
 
 
 def predict_shapes(cost_model, shapes: list[dict]) -> np.ndarray:

@@ -16,7 +16,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from ..metrics import per_request
-from .style import (MODE_COLORS, color_for, fig as _fig, hline, palette, subtitle as _subtitle, vline)
+from .style import (MODE_COLORS, color_for, decade_ticks, fig as _fig, hline, palette, subtitle as _subtitle,
+                    vline)
 
 
 # ---- latency distributions ---------------------------------------------------------------------
@@ -46,7 +47,7 @@ def cdf(values_by_label: dict[str, np.ndarray], metric: str, widget: bool = Fals
     if log_x:
         f.update_xaxes(type="log")
     if tail:
-        f.update_yaxes(type="log", tickformat=".2~%")
+        f.update_yaxes(type="log", tickformat=".1~p")
     else:
         f.update_yaxes(range=[0, 1.02])
     colors = palette(values_by_label)
@@ -58,7 +59,7 @@ def cdf(values_by_label: dict[str, np.ndarray], metric: str, widget: bool = Fals
         f.add_scatter(x=x * 1e3, y=y, mode="lines", name=label, line=dict(color=colors[label], width=2))
     if slo is not None:
         vline(f, slo * 1e3, f"{slo_text} {slo * 1e3:g} ms", log=log_x)
-    return f
+    return decade_ticks(f)
 
 
 def percentile_bars(summaries: dict[str, dict], metric: str, widget: bool = False,
@@ -111,7 +112,7 @@ def slo_curves(rates, summaries_by_label: dict[str, list[dict]], slos, per_gpu: 
         hline(f, slo.seconds * 1e3, f"SLO {slo.seconds * 1e3:g} ms", log=True, col=j + 1)
         f.update_yaxes(type="log", title_text="ms (log scale)" if j == 0 else None, row=1, col=j + 1)
         f.update_xaxes(title_text="requests/s" + (" per GPU" if per_gpu else ""), row=1, col=j + 1)
-    return f
+    return decade_ticks(f)
 
 
 def goodput_bars(goodput_per_gpu: dict[str, float], widget: bool = False, clock: str | None = None,
@@ -157,7 +158,7 @@ def frontier(points: list[dict], slo_itl: float | None = None, slo_ttft: float |
         hline(f, slo_itl * 1e3, f"ITL SLO {slo_itl * 1e3:g} ms", log=True)
     if slo_ttft is not None:
         vline(f, slo_ttft * 1e3, f"TTFT SLO {slo_ttft * 1e3:g} ms", log=True)
-    return f
+    return decade_ticks(f)
 
 
 def sweep_lines(x, ys: dict[str, list], title: str, xaxis_title: str, yaxis_title: str,
@@ -175,7 +176,7 @@ def sweep_lines(x, ys: dict[str, list], title: str, xaxis_title: str, yaxis_titl
         f.add_scatter(x=list(x), y=list(y), mode="lines+markers", name=label, line=dict(color=colors[label]))
     for label, y in (hlines or {}).items():
         hline(f, y, label, log=log_y)
-    return f
+    return decade_ticks(f)
 
 
 def value_bars(values: dict[str, float], title: str, yaxis_title: str, clock: str | None = None,
@@ -194,4 +195,4 @@ def value_bars(values: dict[str, float], title: str, yaxis_title: str, clock: st
         f.update_yaxes(range=[0, max(y + [1e-9]) * 1.2])
     for label, v in (hlines or {}).items():
         hline(f, v, label, log=log_y)
-    return f
+    return decade_ticks(f)

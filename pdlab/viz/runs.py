@@ -13,7 +13,7 @@ from plotly.subplots import make_subplots
 
 from ..request import Status
 from ..serving.events import StepLog
-from .style import DECODE, PALETTE, PREFILL, STALL, clock_label, fig as _fig, hline, subtitle as _subtitle
+from .style import DECODE, PALETTE, PREFILL, STALL, clock_label, decade_ticks, fig as _fig, hline, subtitle as _subtitle
 
 
 def _window(result, t_range):
@@ -57,7 +57,7 @@ def batch_timeline(result, max_steps: int = 400, widget: bool = False,
                     row=w + 1, col=1)
     if t_range is not None:
         f.update_xaxes(range=list(t_range))
-    return f
+    return decade_ticks(f)
 
 
 def raster_points(result, max_requests: int = 60, t_range=None, stall_s: float | None = None):

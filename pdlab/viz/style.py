@@ -86,6 +86,31 @@ def sim_label(model: str, gpu: str, tp: int = 1) -> str:
     return f"simulated (cost model: {model} on {gpu}{tp_s})"
 
 
+def decade_ticks(f: go.Figure) -> go.Figure:
+    """Log axes whose data span a decade or more get a label at each power of ten and unlabelled
+    minor ticks between them, instead of plotly's 2 and 5 labels crowding every decade."""
+    spans: dict[str, tuple[float, float]] = {}
+    for t in f.data:
+        for ax in ("x", "y"):
+            vals = getattr(t, ax, None)
+            if vals is None:
+                continue
+            try:
+                v = np.asarray(vals, dtype=float)
+            except (TypeError, ValueError):        # categories
+                continue
+            v = v[np.isfinite(v) & (v > 0)]
+            if v.size:
+                key = ax + "axis" + (getattr(t, f"{ax}axis", None) or ax)[1:]
+                lo, hi = spans.get(key, (np.inf, -np.inf))
+                spans[key] = (min(lo, float(v.min())), max(hi, float(v.max())))
+    for key, (lo, hi) in spans.items():
+        axis = f.layout[key]
+        if axis is not None and axis.type == "log" and np.log10(hi / lo) >= 1.0:
+            axis.update(dtick=1, minor=dict(ticks="outside", ticklen=3, showgrid=True, gridcolor="#f3f3f3"))
+    return f
+
+
 def subtitle(title: str, clock: str | None) -> str:
     return f"{title}<br><sup>{clock}</sup>" if clock else title
 

@@ -69,7 +69,15 @@ def test_shipped_traces_read():
     ("arrived_at,num_prefill_tokens,num_decode_tokens\n0.0,10,5\n0.5,10\n", ":3: expected 3 fields"),
     ("arrived_at,num_prefill_tokens,num_decode_tokens\n-1,10,5\n", ":2: 'arrived_at' must be a time"),
     ("arrived_at,num_prefill_tokens,num_decode_tokens\n0,0,5\n", ":2: 'num_prefill_tokens' must be a whole number"),
-    ("a,b\n1,2\n", ":1: missing column"),
+    ("a,b\n1,2\n", ":1: unknown column(s) 'a', 'b'; expected [arrived_at,]num_prefill_tokens,num_decode_tokens; found: a, b"),
+    ("arrived_at,num_prefill_tokens\n0,5\n", ":1: missing column(s) num_decode_tokens; expected"),
+    ("arrivd_at,num_prefill_tokens,num_decode_tokens\n0.0,10,5\n",
+     ":1: unknown column(s) 'arrivd_at' (did you mean 'arrived_at'?)"),
+    ("arrived_at,num_prefil_tokens,num_decode_tokens\n0.0,10,5\n",
+     "(did you mean 'num_prefill_tokens'?); expected [arrived_at,]num_prefill_tokens,num_decode_tokens; "
+     "found: arrived_at, num_prefil_tokens, num_decode_tokens"),
+    ("", ":1: missing column(s) num_prefill_tokens, num_decode_tokens; expected [arrived_at,]"
+         "num_prefill_tokens,num_decode_tokens; found: (empty header)"),
     ("arrived_at,num_prefill_tokens,num_decode_tokens\n", "no requests"),
 ])
 def test_malformed_csv_names_file_and_line(tmp_path, text, msg):

@@ -87,6 +87,19 @@ def test_cdf_and_tail(runs):
     assert t.layout.yaxis.type == "log"
 
 
+def test_log_axes_spanning_decades_label_only_powers_of_ten(runs):
+    t = viz.cdf(viz.metric_arrays(runs, "itl"), "itl", tail=True, log_x=True)
+    for axis in (t.layout.xaxis, t.layout.yaxis):          # both span 2+ decades here
+        assert axis.type == "log" and axis.dtick == 1 and axis.minor.ticks == "outside"
+    assert t.layout.yaxis.tickformat == ".1~p"             # 0.001% stays 0.001%, not "0%"
+    tl = viz.batch_timeline(runs["aggregated"])             # 1 to thousands of tokens
+    assert tl.layout.yaxis.dtick == 1
+    narrow = viz.sweep_lines([1, 2], {"a": [10.0, 14.0]}, "t", "x", "y", log_y=True)
+    assert narrow.layout.yaxis.dtick is None                # under a decade: plotly's own ticks
+    linear = viz.cdf(viz.metric_arrays(runs, "ttft"), "ttft")
+    assert linear.layout.xaxis.dtick is None
+
+
 def test_lines_on_log_axes_are_placed_in_log_units():
     """plotly places annotations on log axes at log10(value): a raw value sends them to 1e50."""
     f = viz.percentile_bars({"a": {"itl_s": {"p50": 0.01, "p90": 0.02, "p99": 0.03}}}, "itl", slo=0.05, log_y=True)

@@ -107,7 +107,13 @@ else:
 ve.engine_steps_figure(steps) if steps_file else None
 
 # %% [markdown]
-# ENGINE_STEPS_TEXT
+# How to read it: if a decode step is bound by memory, its time follows the roofline line, which
+# rises with batch x context (more K/V to read) from a floor set by the weights (read once per
+# step whatever the batch). The gap between the measured line and the roofline is what a step
+# spends beyond moving bytes: kernels too small to reach full bandwidth, the ~1 us per kernel a
+# replayed CUDA graph still costs, and the host's preparation of the step. Without CUDA graphs
+# (`eager_ms` in the file) that gap is Python launching ~200 kernels one by one, and the curve goes
+# flat: the time then says nothing about the hardware.
 #
 # ## 2. Arithmetic intensity and the roofline
 #

@@ -21,10 +21,8 @@
 # 2. How can attention read K and V once, a tile at a time, without keeping all the scores?
 #    (the **online softmax**)
 # 3. How do the decode kernel's threads map to query heads, tokens and head dimensions?
-# 4. Why is decode attention **memory-bound** however many sequences you batch, and how close does
-#    a Numba kernel get to the bandwidth roof on an H200?
-# 5. What is a tensor-core **fragment**, why does attention map onto `16x8x16` tiles, and what
-#    still separates a Numba tensor-core prefill from SDPA?
+# 4. Why is decode attention **memory-bound** however many sequences you batch, and why does
+#    prefill need the tensor cores (what is a **fragment**, why `16x8x16` tiles)?
 #
 # The kernels live in `pdlab/kernels/`: device code in `decode_kernel.py`, `prefill_fp32.py` and
 # `cache_ops.py`, the host side (checks, planning, launch) in `decode_attention.py` and

@@ -146,6 +146,36 @@ def fold(task):
     return out
 
 
+def summarise_variant(folds, measured_knee, params):
+    """Worst held-out error below saturation and the knee errors of one variant's folds. The knee
+    is judged two ways: interpolated at the measured rates like the measurement (the same method),
+    and on the fine rate sweep."""
+    below = [f for f in folds if f["below_saturation"]]
+    worst = max((abs(v) for f in below for e in f["held_out_errors"].values() for v in e.values()), default=None)
+    err_at = [None if f["knee_rps_at_measured_rates"] is None else f["knee_rps_at_measured_rates"] - measured_knee
+              for f in folds]
+    err_sw = [None if f["knee_rps_sweep"] is None else f["knee_rps_sweep"] - measured_knee for f in folds]
+
+    def ok(errs):
+        return all(e is not None and abs(e) <= GOAL["knee_rps"] for e in errs)
+
+    latency_ok = worst is not None and worst <= GOAL["rel_error"]
+    return {"params": list(params) if params else [], "folds": folds,
+            "worst_abs_rel_error_below_saturation": worst,
+            "knee_error_rps_at_measured_rates": err_at, "knee_error_rps_sweep": err_sw,
+            "meets_latency_goal": bool(latency_ok), "meets_knee_goal_at_measured_rates": ok(err_at),
+            "meets_knee_goal_sweep": ok(err_sw), "meets_goal": bool(latency_ok and ok(err_at) and ok(err_sw))}
+
+
+def resummarise(path):
+    """Recompute every variant's summary from the folds stored in a results file."""
+    res = json.loads(Path(path).read_text())
+    for name, eng in res["engines"].items():
+        for vname, v in eng["variants"].items():
+            eng["variants"][vname] = summarise_variant(v["folds"], eng["measured"]["knee_rps"], v["params"])
+    Path(path).write_text(json.dumps(res, indent=1) + "\n")
+
+
 def summarise_engine(name, variants, folds_by_variant):
     spec, runs, cfg = _setup(name)
     rates = [r.rate for r in runs]
@@ -156,17 +186,8 @@ def summarise_engine(name, variants, folds_by_variant):
                         "slo_attainment": [attainment(r.ttft, r.tpot) for r in runs], "knee_rps": measured_knee},
            "variants": {}}
     for vname in variants:
-        folds = folds_by_variant[vname]
         _, params = _variant(spec, vname)
-        below = [f for f in folds if f["below_saturation"]]
-        worst = max((abs(v) for f in below for e in f["held_out_errors"].values() for v in e.values()), default=None)
-        knees = [f["knee_rps_sweep"] for f in folds]
-        out["variants"][vname] = {
-            "params": list(params) if params else [], "folds": folds,
-            "worst_abs_rel_error_below_saturation": worst,
-            "knee_error_rps_sweep": [None if k is None else k - measured_knee for k in knees],
-            "meets_goal": bool(worst is not None and worst <= GOAL["rel_error"] and all(
-                k is not None and abs(k - measured_knee) <= GOAL["knee_rps"] for k in knees))}
+        out["variants"][vname] = summarise_variant(folds_by_variant[vname], measured_knee, params)
     return out
 
 
@@ -174,10 +195,15 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--roofline", default="vllm", help="engines whose roofline factors are also fitted (slower; '' for none)")
     ap.add_argument("--jobs", type=int, default=1, help="folds run in parallel (processes)")
+    ap.add_argument("--variants", default="ideal,step,step+fit,roofline", help="profile variants to evaluate")
+    ap.add_argument("--add", action="store_true", help="add these variants to the results already in --out")
     ap.add_argument("--max-evals", type=int, default=300, help="simulations per optimiser start")
     ap.add_argument("--engines", default="vllm,distserve")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "fidelity-measured-cpu-2026-12-07.json"))
+    ap.add_argument("--resummarise", action="store_true", help="only recompute the summaries in --out from its folds")
     args = ap.parse_args()
+    if args.resummarise:
+        return resummarise(args.out)
     t0 = time.time()
 
     def log(msg):
@@ -196,7 +222,8 @@ def main():
            "engines": {}}
     tasks, variants = [], {}
     for name in args.engines.split(","):
-        variants[name] = ["ideal", "step", "step+fit"] + (["roofline"] if name in args.roofline.split(",") else [])
+        variants[name] = [v for v in ["ideal", "step", "step+fit"] + (["roofline"] if name in args.roofline.split(",") else [])
+                          if v in args.variants.split(",")]
         tasks += [(name, v, i, args.max_evals) for v in variants[name] for i in range(len(ENGINES[name]["runs"]))]
     folds = sweep.map(fold, tasks, jobs=args.jobs, desc="folds")
     for (name, v, i, _), f in zip(tasks, folds):
@@ -205,9 +232,14 @@ def main():
             f"{m} p50 {100 * x['p50']:+.0f}% p90 {100 * x['p90']:+.0f}%" for m, x in e.items())
             + f"; knee {f['knee_rps_at_measured_rates']} / sweep {f['knee_rps_sweep']}"
             + (f"; fit {f['fit']['efficiency']}" if f["fit"] else ""))
+    old = json.loads(Path(args.out).read_text()) if args.add and Path(args.out).exists() else None
     for name in variants:
         by_v = {v: [f for (n, vv, _, _), f in zip(tasks, folds) if n == name and vv == v] for v in variants[name]}
         res["engines"][name] = summarise_engine(name, variants[name], by_v)
+        if old and name in old["engines"]:        # --add: these variants beside the ones already there
+            res["engines"][name]["variants"] = {**old["engines"][name]["variants"], **res["engines"][name]["variants"]}
+    if old:
+        res["engines"] = {**old["engines"], **res["engines"]}
         log(f"{name}: measured knee {res['engines'][name]['measured']['knee_rps']:.2f} req/s")
     res["seconds"] = round(time.time() - t0, 1)
     Path(args.out).write_text(json.dumps(res, indent=1) + "\n")

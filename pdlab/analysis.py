@@ -67,14 +67,20 @@ def overload(result, min_ratio: float = 1.05) -> dict | None:
     if span <= 0:
         return None
     offered = sum(s.prompt_len + s.max_new_tokens for s in seqs) / span
-    served = sum((s.prompt_len if s.token_times[0] <= t1 else 0) + bisect_right(s.token_times, t1)
-                 for s in seqs if s.token_times) / span
+    served, ttft = 0, np.full(len(seqs), np.inf)
+    for i, s in enumerate(seqs):
+        t = s.token_times                  # built on demand: once per sequence
+        if t:
+            served += (s.prompt_len if t[0] <= t1 else 0) + bisect_right(t, t1)
+            ttft[i] = t[0] - arrivals[i]
+    served /= span
     order = np.argsort(arrivals, kind="stable")
     q = len(order) // 4
 
     def median_ttft(idx):
-        v = [seqs[i].token_times[0] - seqs[i].request.arrival for i in idx if seqs[i].token_times]
-        return float(np.median(v)) if v else float("inf")
+        v = ttft[idx]
+        v = v[np.isfinite(v)]
+        return float(np.median(v)) if v.size else float("inf")
 
     first, last = median_ttft(order[:q]), median_ttft(order[-q:])
     ratio = offered / max(served, 1e-12)
@@ -82,3 +88,28 @@ def overload(result, min_ratio: float = 1.05) -> dict | None:
         return None
     return {"offered_tok_s": offered, "served_tok_s": served, "ratio": ratio, "span_s": span,
             "ttft_p50_first_quarter_s": first, "ttft_p50_last_quarter_s": last}
+
+
+def longest_stall(result) -> dict | None:
+    """The run's longest gap between two tokens of one stream and what the worker ran inside it:
+    its iterations and their prefill tokens (several long prompts prefilled back to back make a
+    stall longer than any one of their prefills). None when no stream has two tokens."""
+    best = None
+    for s in result.sequences:
+        t = s.token_times if s.status is Status.FINISHED else ()
+        if len(t) > 1:
+            d = np.diff(t)
+            k = int(np.argmax(d))
+            if best is None or d[k] > best[0]:
+                best = (float(d[k]), t[k], t[k + 1], s.worker)
+    if best is None:
+        return None
+    gap, t0, t1, name = best
+    # the stream's worker (disaggregated: its later tokens come from a decode worker, so any)
+    w = result.workers.index(name) if name in result.workers and result.config.mode != "disaggregated" else None
+    eps = 1e-9
+    steps = [st for st in result.steps.window(t0, t1)
+             if st.start >= t0 - eps and st.end <= t1 + eps and (w is None or st.worker == w)]
+    return {"gap_s": gap, "start": t0, "end": t1, "iterations": len(steps),
+            "prefill_tokens": int(sum(st.prefill_tokens for st in steps)),
+            "prefill_iterations": sum(1 for st in steps if st.prefill_tokens > 0)}

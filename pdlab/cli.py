@@ -6,6 +6,9 @@
     pdlab generate   stream text from the tiny model through the paged engine
     pdlab calibrate  fit the cost model to steps measured on this machine (--measured: to served runs)
     pdlab compare    simulated vs measured TTFT/TPOT/E2E of measured serving runs
+    pdlab diagnose   which phase is hurting: a trace (simulated) or measured latencies, the symptom table
+    pdlab plan       the best configuration for a workload on N GPUs under SLOs (goodput per GPU)
+    pdlab serve-disagg  prefill and decode workers in separate processes, KV over torch.distributed
 
 Bad input gets one line on stderr and exit code 2, never a traceback.
 """
@@ -18,11 +21,12 @@ import sys
 from dataclasses import replace
 
 from .errors import PdlabError
+from .options import (DEFAULT_RATE, _nonneg_float, _positive_float, _positive_int,  # noqa: F401
+                      add_serving_args, config_from, pool_sizes, requests_from, workload_label)
 
 EXIT_USAGE = 2
 EXIT_NOTHING_SERVED = 1     # the run itself worked; every request was rejected
 EXIT_INTERRUPTED = 130      # Ctrl-C, as a shell reports SIGINT
-DEFAULT_RATE = 4.0          # req/s where neither --rate nor a trace's timestamps give one
 
 
 class UsageError(PdlabError):
@@ -32,176 +36,6 @@ class UsageError(PdlabError):
 class _Parser(argparse.ArgumentParser):
     def error(self, message):   # one line, not usage + message
         raise UsageError(f"{self.prog}: error: {message}")
-
-
-def _positive_int(name):
-    def parse(text):
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a whole number, got '{text}'") from None
-        if v < 1:
-            raise argparse.ArgumentTypeError(f"{name} must be >= 1, got {v}")
-        return v
-    return parse
-
-
-def _positive_float(name):
-    def parse(text):
-        try:
-            v = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a number, got '{text}'") from None
-        if not v > 0 or v == float("inf"):
-            raise argparse.ArgumentTypeError(f"{name} must be > 0, got {text}")
-        return v
-    return parse
-
-
-def _nonneg_float(name):
-    def parse(text):
-        try:
-            v = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a number, got '{text}'") from None
-        if not v >= 0 or v == float("inf"):
-            raise argparse.ArgumentTypeError(f"{name} must be >= 0, got {text}")
-        return v
-    return parse
-
-
-def add_serving_args(p: argparse.ArgumentParser, rate: bool = True, workload: bool = True) -> None:
-    g = p.add_argument_group("serving")
-    g.add_argument("--mode", default="chunked", help="aggregated | chunked | disaggregated (default chunked)")
-    g.add_argument("--model", default="llama-3-8b", help="model preset (default llama-3-8b)")
-    g.add_argument("--gpu", default="h100", help="GPU preset: h200 h100 a100-80gb l4 t4 cpu (default h100)")
-    g.add_argument("--num-gpus", type=_positive_int("--num-gpus"), default=None,
-                   help="replicas behind the router (disaggregated: a cap on prefill + decode)")
-    g.add_argument("--prefill-gpus", type=_positive_int("--prefill-gpus"), default=None,
-                   help="disaggregated: replicas in the prefill pool (default 1)")
-    g.add_argument("--decode-gpus", type=_positive_int("--decode-gpus"), default=None,
-                   help="disaggregated: replicas in the decode pool (default 1)")
-    g.add_argument("--tp", type=_positive_int("--tp"), default=1, help="tensor parallelism per replica")
-    g.add_argument("--prefill-tp", type=_positive_int("--prefill-tp"), default=None,
-                   help="disaggregated: tensor parallelism of each prefill replica (default --tp)")
-    g.add_argument("--decode-tp", type=_positive_int("--decode-tp"), default=None,
-                   help="disaggregated: tensor parallelism of each decode replica (default --tp)")
-    g.add_argument("--first-token-from", default="prefill", metavar="prefill|decode",
-                   help="disaggregated: the prefill instance streams the first token (DistServe, default) or "
-                        "the decode instance returns it after the KV transfer (vLLM/SGLang P/D proxies)")
-    g.add_argument("--proxy-overhead", type=_nonneg_float("--proxy-overhead"), default=0.0, metavar="SECONDS",
-                   help="disaggregated: proxy round trips between a prefill finishing and its decode starting")
-    g.add_argument("--link", default="nvlink", help="KV link: nvlink pcie4 pcie5 ib-ndr eth-100g eth-25g, or GB/s")
-    g.add_argument("--chunk-size", type=_positive_int("--chunk-size"), default=None,
-                   help="token budget per iteration (chunked, default 512) or prefill chunk (disaggregated)")
-    g.add_argument("--max-num-seqs", type=_positive_int("--max-num-seqs"), default=256,
-                   help="most sequences a worker runs at once: the decode batch's cap (default 256)")
-    g.add_argument("--block-size", type=_positive_int("--block-size"), default=16,
-                   help="tokens per paged KV block (default 16)")
-    g.add_argument("--num-blocks", type=_positive_int("--num-blocks"), default=None,
-                   help="KV blocks per worker (default: what fits in GPU memory)")
-    g.add_argument("--router", default="least-loaded", help="least-loaded | round-robin")
-    g.add_argument("--prefix-cache", action="store_true", help="reuse KV of shared prompt prefixes")
-    g.add_argument("--profile", default=None, help="cost-model profile: fitted efficiency JSON (pdlab calibrate) or "
-                   "a step profile (data/profiles/*.json; default: the ideal engine)")
-    g.add_argument("--exact-steps", action="store_true",
-                   help="simulate every decode sequence by sequence (slower; same results)")
-    if not workload:   # the workload comes from elsewhere (measured runs)
-        p.add_argument("--slo", action="append", default=[], metavar="METRIC:pNN:SECONDS", help=argparse.SUPPRESS)
-        p.add_argument("--json", action="store_true", help="print one JSON object")
-        return
-    w = p.add_argument_group("workload")
-    if rate:
-        w.add_argument("--rate", type=_positive_float("--rate"), default=None,
-                       help="Poisson arrivals per second (default: the trace's own, else 4)")
-    w.add_argument("--num-requests", type=_positive_int("--num-requests"), default=None,
-                   help="requests to simulate (default 1000, or the whole trace)")
-    src = w.add_mutually_exclusive_group()
-    src.add_argument("--workload", default=None, help="length preset: sharegpt arxiv azure-conv mooncake-conv chat-long (default sharegpt)")
-    src.add_argument("--trace", default=None, help="CSV (arrived_at,num_prefill_tokens,num_decode_tokens) or Mooncake JSONL")
-    w.add_argument("--input-len", type=_positive_int("--input-len"), default=None, help="fixed prompt length")
-    w.add_argument("--output-len", type=_positive_int("--output-len"), default=None, help="fixed output length")
-    w.add_argument("--burstiness", type=_positive_float("--burstiness"), default=1.0,
-                   help="squared CV of inter-arrival gaps: 1 Poisson, >1 bursty")
-    w.add_argument("--seed", type=int, default=0)
-    p.add_argument("--slo", action="append", default=[], metavar="METRIC:pNN:SECONDS",
-                   help="e.g. ttft:p90:0.4 (metrics ttft tpot itl e2e); repeatable")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-
-
-def pool_sizes(args) -> tuple[int, int]:
-    """--prefill-gpus/--decode-gpus: only for disaggregated serving; one without the other says
-    what the other defaults to."""
-    pg, dg = args.prefill_gpus, args.decode_gpus
-    if args.mode != "disaggregated":
-        if pg is not None or dg is not None:
-            given = " and ".join(f for f, v in (("--prefill-gpus", pg), ("--decode-gpus", dg)) if v is not None)
-            raise PdlabError(f"{given} size the pools of --mode disaggregated; --mode {args.mode} "
-                             f"has no pools (use --num-gpus for its replicas)")
-        return 1, 1
-    if (pg is None) != (dg is None):
-        given, missing = ("--prefill-gpus", "--decode-gpus") if dg is None else ("--decode-gpus", "--prefill-gpus")
-        print(f"pdlab: note: {given} given without {missing}: {missing} 1 (the default)", file=sys.stderr)
-    return pg or 1, dg or 1
-
-
-def config_from(args):
-    from .config import ServingConfig
-    prefill_gpus, decode_gpus = pool_sizes(args)
-    return ServingConfig(mode=args.mode, model=args.model, gpu=args.gpu, tp=args.tp, num_gpus=args.num_gpus,
-                         prefill_gpus=prefill_gpus, decode_gpus=decode_gpus,
-                         chunk_size=args.chunk_size, max_num_seqs=args.max_num_seqs,
-                         block_size=args.block_size, num_blocks=args.num_blocks, link=args.link,
-                         router=args.router, prefix_cache=args.prefix_cache, profile=args.profile,
-                         prefill_tp=args.prefill_tp, decode_tp=args.decode_tp,
-                         first_token_from=args.first_token_from, proxy_overhead_s=args.proxy_overhead,
-                         exact_steps=args.exact_steps).validate()
-
-
-def requests_from(args, rate: float | None):
-    """The workload the flags describe; ``rate`` overrides trace timing when given."""
-    from . import traces
-    from . import workload as wl
-    if (args.input_len is None) != (args.output_len is None):
-        raise PdlabError("--input-len and --output-len go together")
-    if args.input_len is not None and (args.workload or args.trace):
-        raise PdlabError("--input-len/--output-len replace --workload/--trace: give one or the other")
-    n = args.num_requests
-    if args.trace:
-        reqs = traces.read_trace(args.trace, show_progress=True)
-        if n is not None:
-            reqs = reqs[:n]
-        if rate is not None or not traces.has_arrivals(reqs):
-            if rate is None:    # a deliberate lengths-only CSV: say that the arrivals are ours
-                print(f"pdlab: note: {args.trace} has no arrived_at column: arrivals are generated "
-                      f"at {DEFAULT_RATE:g} req/s (seed {args.seed}); --rate sets the rate", file=sys.stderr)
-            reqs = wl.with_rate(reqs, rate or DEFAULT_RATE, args.seed, args.burstiness)
-        else:
-            t0 = reqs[0].arrival
-            reqs = [replace(r, arrival=r.arrival - t0) for r in reqs]
-        return reqs
-    if args.input_len is not None:
-        lengths = wl.Lengths("fixed", a=args.input_len, b=args.output_len)
-    else:
-        lengths = wl.preset_lengths(args.workload or "sharegpt")
-    return wl.make_requests(n or 1000, rate or DEFAULT_RATE, lengths, args.seed, args.burstiness,
-                            show_progress=True)
-
-
-def workload_label(args, rate: float | None, reqs) -> str:
-    """What a run served, defaults named as such: the header of ``simulate``'s table."""
-    from .traces import has_arrivals
-    if args.trace:
-        what = f"trace {args.trace}"
-        if rate is None and has_arrivals(reqs):
-            return f"{what} at its own timestamps"
-    elif args.input_len is not None:
-        what = f"fixed lengths {args.input_len} in / {args.output_len} out"
-    else:
-        what = f"workload {args.workload}" if args.workload else "workload sharegpt (the default)"
-    shape = "Poisson" if args.burstiness == 1 else f"bursty (CV^2 {args.burstiness:g})"
-    at = f"{rate:g} req/s" if rate is not None else f"{DEFAULT_RATE:g} req/s (the default)"
-    return f"{what}, {shape} arrivals at {at}"
 
 
 def rejection_lines(result) -> list[str]:
@@ -262,7 +96,7 @@ def cmd_simulate(args) -> int:
             if cfg.proxy_overhead_s:
                 tp += f" (+{cfg.proxy_overhead_s:g}s proxy)"
         prof = f", profile {summary['profile']}" if args.executor != "model" else ""
-        print(f"{summary['clock']}{prof}, {tp}, {len(reqs)} requests: {workload_label(args, args.rate, reqs)}")
+        print(f"{summary['clock']}{prof}, {tp}, {len(reqs)} requests: {workload_label(args, args.rate)}")
         print_table([summary])
         for r in summary.get("slo_attainment", {}).get("slos", []):
             v = "never" if r["value_s"] is None else f"{r['value_s']:.3f}s"
@@ -336,6 +170,58 @@ def cmd_goodput(args) -> int:
     return 0
 
 
+def cmd_diagnose(args) -> int:
+    from .diagnose import observe, render, report
+    from .metrics import SLO
+    slos = [SLO.parse(s) for s in args.slo]
+    cfg = config_from(args)
+    if args.trace_file and (args.trace or args.workload or args.input_len is not None):
+        raise PdlabError("diagnose takes TRACE or --trace/--workload/--input-len, not both")
+    path = args.trace_file or args.trace
+    if path and observe.has_measured_columns(path):
+        obs = observe.read_measured(path)
+        if args.num_requests:
+            raise PdlabError("--num-requests does not apply to measured latencies (they are what was measured)")
+    else:
+        args.trace = path
+        obs = observe.simulate(requests_from(args, args.rate), cfg)
+    rep = report(obs, cfg, slos)
+    if args.html:
+        render.html(rep, obs, args.html)
+    if args.json:
+        print(render.as_json(rep))
+    else:
+        print(render.text(rep))
+        if args.html:
+            print(f"figures: {args.html}")
+    return 0
+
+
+def cmd_plan(args) -> int:
+    from .metrics import SLO
+    from .plan import plan, render_text, space_from_args
+    if not args.slo:
+        raise PdlabError("plan needs at least one --slo METRIC:pNN:SECONDS")
+    if args.num_gpus is None:
+        raise PdlabError("plan needs --num-gpus N (the GPUs to plan for)")
+    slos = [SLO.parse(s) for s in args.slo]
+    args.num_requests = args.num_requests or 1000
+    base = requests_from(args, 1.0)
+    space = space_from_args(args)
+    res = plan(base, space, slos, count=args.count, jobs=args.jobs, dask=args.dask, seed=args.seed,
+               burstiness=args.burstiness, refine_top=args.refine_top)
+    if args.html:
+        from .viz.diagnosis import pareto
+        pareto(res).write_html(args.html, include_plotlyjs="inline")
+    if args.json:
+        print(json.dumps(res, sort_keys=True))
+    else:
+        print(render_text(res))
+        if args.html:
+            print(f"Pareto figure: {args.html}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
     return run_demo(args)
@@ -360,6 +246,25 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
     g.add_argument("--dask", default=None, metavar="ADDRESS",
                    help="run the simulations on a Dask cluster (scheduler address; pdlab[dask])")
     g.set_defaults(func=cmd_goodput)
+    dg = sub.add_parser("diagnose", help="which phase is hurting: evidence and the symptom table for a trace")
+    dg.add_argument("trace_file", nargs="?", default=None, metavar="TRACE",
+                    help="trace CSV/JSONL (simulated on the deployment), a CSV with measured ttft_s/tpot_s, "
+                         "or a vLLM bench serve --save-result --save-detailed JSON")
+    add_serving_args(dg)
+    dg.add_argument("--html", default=None, metavar="FILE", help="also write the report with its figures")
+    dg.set_defaults(func=cmd_diagnose)
+    pl = sub.add_parser("plan", help="search modes, chunk budgets, P:D splits, TP and routers for goodput per GPU")
+    add_serving_args(pl, rate=False)
+    pl.add_argument("--count", choices=["request", "percentile"], default="request",
+                    help="request: the share of requests meeting every SLO at once must reach the SLOs' "
+                         "percentile (DistServe); percentile: each SLO's percentile on its own (default request)")
+    pl.add_argument("--jobs", type=_positive_int("--jobs"), default=None, help="processes (default: every core)")
+    pl.add_argument("--dask", default=None, metavar="ADDRESS", help="run the search on a Dask scheduler")
+    pl.add_argument("--refine-top", type=_positive_int("--refine-top"), default=1,
+                    help="refine at least this many coarse leaders to 2%% (besides every configuration that "
+                         "could still win; default 1)")
+    pl.add_argument("--html", default=None, metavar="FILE", help="write the Pareto figure")
+    pl.set_defaults(func=cmd_plan)
     d = sub.add_parser("demo", help="the three modes side by side + an HTML report")
     d.add_argument("--out", default="pdlab-demo.html", help="report file (default pdlab-demo.html)")
     d.add_argument("--num-requests", type=_positive_int("--num-requests"), default=600)
@@ -371,8 +276,11 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
     c.set_defaults(func=lambda a: fidelity.cmd_compare(a, config_from(a)))
     # the engine commands import torch: only load them when asked for
     argv = sys.argv[1:] if argv is None else argv
-    for name, help_ in (("generate", "stream text from the tiny model through the paged engine"),
-                        ("calibrate", "fit the cost model to steps measured on this machine, or (--measured) to measured serving runs")):
+    for name, module, help_ in (
+            ("generate", "engine.generate", "stream text from the tiny model through the paged engine"),
+            ("calibrate", "engine.calibrate",
+             "fit the cost model to steps measured on this machine, or (--measured) to measured serving runs"),
+            ("serve-disagg", "dist.serve", "disaggregated serving for real: worker processes, KV over torch.distributed")):
         q = sub.add_parser(name, help=help_)
         if argv and argv[0] == name == "calibrate" and "--measured" in argv:
             fidelity.add_calibrate_measured(q)            # torch-free: a fit to measured serving runs
@@ -380,7 +288,7 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
             q.set_defaults(func=lambda a: fidelity.cmd_calibrate_measured(a, config_from(a)))
         elif argv and argv[0] == name:
             import importlib
-            mod = importlib.import_module(f"pdlab.engine.{name}")
+            mod = importlib.import_module(f"pdlab.{module}")
             mod.add_arguments(q)
             q.set_defaults(func=mod.run)
     return p

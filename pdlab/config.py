@@ -10,7 +10,7 @@ from .hardware import gpu as gpu_preset, parse_link
 from .models import model as model_preset
 
 MODES = ("aggregated", "chunked", "disaggregated")
-ROUTERS = ("round-robin", "least-loaded")
+ROUTERS = ("round-robin", "least-loaded", "kv-aware", "session")
 FIRST_TOKEN_FROM = ("prefill", "decode")
 
 
@@ -37,6 +37,16 @@ class ServingConfig:
                                        # vLLM/SGLang P/D proxies: decode, after the KV transfer)
     proxy_overhead_s: float = 0.0      # disaggregated: proxy round trips between prefill done and decode start
     exact_steps: bool = False          # simulate every decode sequence by sequence (the reference path)
+    # prefix reuse and KV-aware routing (pdlab.serving.router, kvindex, offload)
+    overlap_weight: float = 1.0        # kv-aware: weight of the prefill blocks (cache overlap) in the cost
+    load_weight: float = 1.0           # kv-aware: weight of the load terms (1: Dynamo's cost; 0: pure affinity)
+    router_temperature: float = 0.0    # kv-aware: 0 takes the lowest cost; > 0 samples softmax(-cost)
+    kv_events: bool = True             # kv-aware: index replicas' KV events; False: predict from own routing
+    router_ttl: float = 120.0          # kv-aware without events: seconds a routed prefix is assumed cached
+    offload_gb: float = 0.0            # host-memory KV tier per replica (GB); 0: evicted prefixes are lost
+    offload_link: str | float = "pcie5"  # host <-> GPU copy: a link preset or GB/s
+    host_weight: float = 0.75          # kv-aware: a host-tier hit counts this much of a device hit
+    disagg_threshold: int | None = None  # disaggregated: prefill on the decode worker when the uncached prompt is this short
 
     def validate(self) -> "ServingConfig":
         if self.mode not in MODES:
@@ -70,6 +80,23 @@ class ServingConfig:
             if bad:
                 raise PdlabError(f"{flag} {tp} does not divide {self.model}'s {', '.join(bad)}")
         parse_link(self.link)
+        parse_link(self.offload_link)
+        for k in ("overlap_weight", "load_weight", "router_temperature", "offload_gb"):
+            v = getattr(self, k)
+            if not (v >= 0 and v != float("inf")):
+                raise PdlabError(f"{k.replace('_', '-')} must be a number >= 0, got {v}")
+        if not 0 <= self.host_weight <= 1:
+            raise PdlabError(f"host-weight must be between 0 and 1, got {self.host_weight}")
+        if not self.router_ttl > 0:
+            raise PdlabError(f"router-ttl must be > 0 seconds, got {self.router_ttl}")
+        if self.offload_gb and not self.prefix_cache:
+            raise PdlabError("--offload-gb keeps evicted prefix blocks: it needs --prefix-cache")
+        if self.disagg_threshold is not None:
+            if self.mode != "disaggregated":
+                raise PdlabError("--disagg-threshold decides per request in a disaggregated cluster: "
+                                 "it needs --mode disaggregated")
+            if self.disagg_threshold < 0:
+                raise PdlabError(f"disagg-threshold must be >= 0 tokens, got {self.disagg_threshold}")
         return self
 
     def _validate_pools(self) -> None:

@@ -73,7 +73,7 @@ and answer lengths resampled from the ShareGPT trace (mean prompt {mean_in:.0f} 
 <table><tr><th>mode</th><th>GPUs</th><th>done</th><th>rejected</th><th>TTFT p50 ms</th><th>TTFT p99 ms</th>
 <th>TPOT p50 ms</th><th>ITL p99 ms</th><th>SLOs met</th></tr>{rows}</table>
 <p>Aggregated serving prefills every new prompt in an iteration of its own, so a long prompt freezes every
-running stream (the white bands in its raster, the long ITL tail). Chunked prefill caps each iteration's
+running stream (the orange bands and red gaps in its raster, the long ITL tail). Chunked prefill caps each iteration's
 tokens so decodes keep flowing. Disaggregation moves prefill to its own GPU and ships the KV cache over
 NVLink, removing the stall at the price of a transfer and a split pool.</p>
 {''.join(parts)}</body></html>"""

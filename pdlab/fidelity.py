@@ -21,7 +21,7 @@ from .errors import PdlabError
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
-    """--measured; the serving flags (``cli.add_serving_args``) are added by the CLI."""
+    """--measured; the serving flags (``options.add_serving_args``) are added by the CLI."""
     p.add_argument("--measured", nargs="+", required=True, metavar="FILE",
                    help="measured runs: CSV (arrived_at,num_prefill_tokens,num_decode_tokens,measured_ttft_ms,"
                         "measured_tpot_ms) or vLLM bench serve --save-detailed JSON")
@@ -44,6 +44,9 @@ def compare(runs, config, profile_path: str | None = None) -> dict:
     prof = load_profile(profile_path)
     out = {"profile": prof.name, "profile_kind": prof.kind, "mode": cfg.mode, "model": cfg.model, "gpu": cfg.gpu,
            "gpus": cfg.gpus, "clock": sim_clock(cfg) + f", profile {prof.name}", "runs": []}
+    if cfg.mode == "disaggregated":
+        out.update(prefill_tp=cfg.pool_tp("prefill"), decode_tp=cfg.pool_tp("decode"),
+                   first_token_from=cfg.first_token_from, proxy_overhead_s=cfg.proxy_overhead_s)
     arrays = []
     for run in runs:
         sim = per_request(run_serving(run.requests, cfg).sequences)

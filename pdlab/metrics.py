@@ -55,9 +55,17 @@ class SLO:
         return f"{self.metric}:p{self.percentile:g}:{self.seconds:g}"
 
 
-def per_request(seqs: Iterable[Sequence]) -> dict[str, np.ndarray]:
+#: above this many output tokens, ``summarize`` (without an ITL SLO) counts the gaps between
+#: tokens as weighted step gaps instead of one float per token (a million requests' 200M tokens
+#: would need several GB); means agree to rounding, percentiles exactly
+COMPACT_TOKENS = 20_000_000
+
+
+def per_request(seqs: Iterable[Sequence], compact: bool = False) -> dict[str, np.ndarray]:
     """Arrays over all requests (rejected ones hold +inf); ``itl`` holds every gap of every
-    completed request, ``itl_owner`` the index of the request each gap belongs to."""
+    completed request, ``itl_owner`` the index of the request each gap belongs to. ``compact``:
+    ``itl`` holds each distinct step gap once and ``itl_weight`` how many gaps it stands for
+    (no ``itl_owner``)."""
     seqs = list(seqs)
     n = len(seqs)
     ttft, tpot, e2e, queue = (np.full(n, np.inf) for _ in range(4))
@@ -68,18 +76,25 @@ def per_request(seqs: Iterable[Sequence]) -> dict[str, np.ndarray]:
                 "itl_owner": np.zeros(0, dtype=np.int64), "n_out": n_out}
     done = [seqs[i] for i in idx]
     idx = np.asarray(idx)
-    times, lens = token_times(done)
-    last = np.cumsum(lens) - 1                 # index of each request's last token in ``times``
-    first = last - lens + 1
+    if compact:
+        t_first, t_last, lens, itl, weight = _compact_times(done)
+    else:
+        times, lens = token_times(done)
+        last = np.cumsum(lens) - 1                 # index of each request's last token in ``times``
+        first = last - lens + 1
+        t_first, t_last = times[first], times[last]
     arrival = np.fromiter((s.request.arrival for s in done), float, len(done))
     sched = np.fromiter((s.first_scheduled if s.first_scheduled is not None else np.nan for s in done),
                         float, len(done))
-    ttft[idx] = times[first] - arrival
-    e2e[idx] = times[last] - arrival
-    queue[idx] = np.where(np.isnan(sched), times[first], sched) - arrival
+    ttft[idx] = t_first - arrival
+    e2e[idx] = t_last - arrival
+    queue[idx] = np.where(np.isnan(sched), t_first, sched) - arrival
     n_out[idx] = lens
     with np.errstate(invalid="ignore", divide="ignore"):
-        tpot[idx] = np.where(lens > 1, (times[last] - times[first]) / (lens - 1), np.nan)  # 1 token: no pace
+        tpot[idx] = np.where(lens > 1, (t_last - t_first) / (lens - 1), np.nan)  # 1 token: no pace
+    if compact:
+        return {"ttft": ttft, "tpot": tpot, "e2e": e2e, "queue": queue, "itl": itl, "itl_weight": weight,
+                "n_out": n_out}
     gaps = np.diff(times)
     keep = np.ones(gaps.size, dtype=bool)
     keep[last[:-1]] = False                    # the step from one request's last token to the next's first
@@ -127,6 +142,73 @@ def token_times(seqs: list[Sequence]) -> tuple[np.ndarray, np.ndarray]:
     first = np.cumsum(cnt) - cnt                 # where each piece starts in the output
     idx = np.repeat(st - first, cnt) + np.arange(total)
     return pool[idx], lens
+
+
+def _compact_times(seqs: list[Sequence]):
+    """First and last token time and token count of each of ``seqs``, and their token gaps as
+    (distinct gaps, weights): a slice ``times[a:b]`` of a worker's step times holds the gaps
+    ``times[j] - times[j - 1]`` for ``a < j < b``, so each step gap is weighted by the slices
+    spanning it; the gaps between pieces are listed one by one."""
+    n = len(seqs)
+    t_first, t_last = np.empty(n), np.empty(n)
+    lens = np.zeros(n, dtype=np.int64)
+    pools: dict[int, tuple[object, list, list]] = {}     # id(array) -> (array, starts, stops)
+    loose: list[float] = []                              # gaps between pieces
+    for i, s in enumerate(seqs):
+        prev, cnt, first = None, 0, None
+        for p in s._times:
+            if type(p) is tuple:
+                arr, a, b = p
+                if b <= a:
+                    continue
+                got = pools.get(id(arr))
+                if got is None:
+                    got = pools[id(arr)] = (arr, [], [])
+                got[1].append(a)
+                got[2].append(b)
+                lo, hi = arr[a], arr[b - 1]
+                cnt += b - a
+            else:
+                lo = hi = p
+                cnt += 1
+            if prev is None:
+                first = lo
+            else:
+                loose.append(lo - prev)
+            prev = hi
+        t_first[i], t_last[i], lens[i] = first, prev, cnt
+    values, weights = [np.asarray(loose, dtype=float)], [np.ones(len(loose), dtype=np.int64)]
+    for arr, starts, stops in pools.values():
+        t = np.asarray(arr, dtype=float)
+        m = t.size
+        w = (np.bincount(np.asarray(starts) + 1, minlength=m + 1)
+             - np.bincount(np.asarray(stops), minlength=m + 1)).cumsum()[1:m]   # weight of gap j = t[j] - t[j-1]
+        keep = w > 0
+        values.append(np.diff(t)[keep])
+        weights.append(w[keep])
+    return t_first, t_last, lens, np.concatenate(values), np.concatenate(weights)
+
+
+def weighted_stats(x: np.ndarray, w: np.ndarray) -> dict:
+    """``stats`` of the values ``x`` each repeated ``w`` times, without repeating them: the
+    percentiles numpy's linear method would give, the mean up to rounding."""
+    ok = np.isfinite(x) & (w > 0)
+    x, w = x[ok], w[ok]
+    if x.size == 0:
+        return {"mean": None, **{f"p{p}": None for p in PCTS}}
+    order = np.argsort(x, kind="stable")
+    x, cw = x[order], np.cumsum(w[order])
+    n = int(cw[-1])
+    out = {"mean": float(np.dot(x, w[order].astype(float)) / n)}
+    for p in PCTS:
+        h = (n - 1) * (p / 100)
+        lo = int(np.floor(h))
+        frac = h - lo
+        a = x[np.searchsorted(cw, lo, side="right")]
+        b = x[np.searchsorted(cw, min(lo + 1, n - 1), side="right")]
+        d = b - a
+        out[f"p{p}"] = float(b - d * (1 - frac) if frac >= 0.5 else a + d * frac)   # numpy's _lerp
+    return out
 
 
 def stats(x: np.ndarray) -> dict:
@@ -183,7 +265,9 @@ def summarize(seqs: list[Sequence], slos: list[SLO] | None = None, gpus: int = 1
 
 
 def _summarize(seqs: list[Sequence], slos: list[SLO] | None, gpus: int) -> dict:
-    arrays = per_request(seqs)
+    compact = (not any(s.metric == "itl" for s in slos or ())
+               and sum(s.num_tokens - s.prompt_len for s in seqs) > COMPACT_TOKENS)
+    arrays = per_request(seqs, compact=compact)
     done = [s for s in seqs if s.status is Status.FINISHED]
     rejected = [s for s in seqs if s.status is Status.REJECTED]
     lost = len(seqs) - len(done) - len(rejected)
@@ -205,7 +289,8 @@ def _summarize(seqs: list[Sequence], slos: list[SLO] | None, gpus: int) -> dict:
         "output_tokens": out_tokens,
     }
     for m in ("ttft", "tpot", "itl", "e2e", "queue"):
-        out[f"{m}_s"] = stats(arrays[m])
+        out[f"{m}_s"] = weighted_stats(arrays[m], arrays["itl_weight"]) if compact and m == "itl" \
+            else stats(arrays[m])
     if slos:
         out["slo_attainment"] = slo_report(arrays, list(slos))
     return out

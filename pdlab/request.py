@@ -59,7 +59,8 @@ class Sequence:
                  "num_computed", "num_cached", "block_table", "output_ids", "_times",
                  "first_scheduled", "finish_time", "reject_reason", "num_preemptions",
                  "transfer_start", "transfer_end", "worker", "finish_at", "_hashes",
-                 "_group", "_g0", "_nt0", "_gep", "_gblk", "_rank")
+                 "_group", "_g0", "_nt0", "_gep", "_gblk", "_rank",
+                 "num_reloaded", "reload_s")
 
     def __init__(self, request: Request):
         self.request = request
@@ -71,6 +72,8 @@ class Sequence:
         self.finish_at = request.prompt_len + request.max_new_tokens   # num_tokens when done
         self.num_computed = 0                     # tokens whose KV is in the cache
         self.num_cached = 0                       # prompt tokens served by the prefix cache
+        self.num_reloaded = 0                     # ... of which came back from host memory
+        self.reload_s = 0.0                       # seconds that reload took (charged to its step)
         self.block_table: list[int] = []
         self.output_ids: list[int] = []           # filled only by executors that produce tokens
         # emission times of the output tokens, as pieces: a float (one token) or ``(times, a, b)``,
@@ -151,6 +154,7 @@ class Batch:
     # ``decodes``; only executors that read no per-sequence decode state get such batches
     group_decodes: int = 0
     num_running: int = 0        # sequences resident on the worker as the step starts (set by Worker.start)
+    reload_s: float = 0.0       # prefix KV copied back from host memory for this iteration's prompts
 
     def add_prefill(self, seq: Sequence, n: int) -> None:
         self.prefills.append((seq, n))

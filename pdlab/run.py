@@ -57,4 +57,9 @@ def run_serving(requests: Iterable[Request], config: ServingConfig,
         shared = {role: CostModelExecutor(cm) for role, cm in models.items()}   # stateless: one per pool
         executor_factory = lambda name, role, nb, bs: shared[role]  # noqa: E731
         clock = clock or sim_clock(config)
-    return Cluster(config, executor_factory, num_blocks, clock or "", on_step).run(requests)
+    # a host-tier reload is taken only when it beats recomputing: the cost model says what a prefill costs
+    # (what reuse saves: computing ``tokens`` more tokens before the last one, on top of ``context``)
+    cm = models.get("mixed") or models.get("prefill") or next(iter(models.values()))
+    recompute = ((lambda tokens, context: cm.prefill_time(tokens + 1, context) - cm.prefill_time(1, context + tokens))
+                 if config.offload_gb else None)
+    return Cluster(config, executor_factory, num_blocks, clock or "", on_step, recompute).run(requests)

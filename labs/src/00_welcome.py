@@ -91,8 +91,8 @@ for i, (tok, s) in enumerate(zip(out_ids, step_s)):
 # %% [markdown]
 # ### Explore: the steps of one request
 #
-# The orange bar is the prefill, the blue ones are decodes (measured on this machine). Move the
-# slider to replay the request. Look for: one prefill step over many tokens costs about as much
+# The orange bar is the prefill, the blue ones are decodes (measured on this machine). The
+# slider starts at the prefill alone: move it right to replay the request step by step. Look for: one prefill step over many tokens costs about as much
 # as a few decode steps over one token each, because a step pays a fixed price (reading every
 # weight of the model, launching the work) whatever the number of tokens.
 
@@ -101,13 +101,14 @@ import ipywidgets as widgets
 from IPython.display import display
 
 fig = ve.step_times_figure(step_s, len(prompt_ids), DEVICE, widget=True)
-steps = widgets.IntSlider(value=len(step_s), min=1, max=len(step_s), description="steps shown",
-                          continuous_update=False)
+steps = widgets.IntSlider(value=1, min=1, max=len(step_s), description="steps shown",
+                          style={"description_width": "initial"}, continuous_update=False)
 
 def on_steps(change):
     ve.update_step_times(fig, step_s, change["new"])
 
 steps.observe(on_steps, names="value")
+ve.update_step_times(fig, step_s, steps.value)
 display(widgets.VBox([steps, fig]))
 
 # %%

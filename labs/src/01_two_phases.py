@@ -153,9 +153,9 @@ from IPython.display import display
 roof = ve.roofline_figure(gpu, spec, decode_batch=16, prefill_tokens=1024, widget=True)
 model_dd = widgets.Dropdown(options=list(MODELS), value="llama-3-8b", description="model")
 gpu_dd = widgets.Dropdown(options=list(GPUS), value="h200", description="GPU")
-batch_sl = widgets.IntSlider(value=16, min=1, max=512, description="decode batch", continuous_update=False)
-prompt_sl = widgets.IntSlider(value=1024, min=16, max=8192, step=16, description="prompt tokens",
-                              continuous_update=False)
+wide = {"style": {"description_width": "initial"}, "continuous_update": False}   # labels in full
+batch_sl = widgets.IntSlider(value=16, min=1, max=512, description="decode batch", **wide)
+prompt_sl = widgets.IntSlider(value=1024, min=16, max=8192, step=16, description="prompt tokens", **wide)
 readout = widgets.HTML()
 
 def redraw(_=None):
@@ -217,28 +217,57 @@ for b in (1, 8, 64, 256, 1024):
           f"(ridge {ridge_point(gpu):.0f})")
 
 # %% [markdown]
-# The intensity climbs with the batch while the weights dominate the bytes, then stalls: every
-# sequence brings its own KV cache, read for only ~2 FLOPs per byte. Decode stays memory-bound
-# however large the batch, which is why serving engines batch decodes as widely as memory allows
-# and why the KV cache's size matters so much (lab 03).
+# The intensity climbs with the batch while the weights dominate the bytes, then levels off:
+# every sequence brings its own KV cache, and attention reads it for only about **4 FLOPs per
+# byte** (llama-3-8b: `4 x 32 x 128` FLOPs per context token and layer over the `2 x 8 x 128 x 2`
+# bytes of its K and V; grouped-query attention shares each KV head among 4 query heads, without
+# it this would be 1). So the two parts of a decode step behave differently:
+#
+# - the **linear layers** have an intensity equal to the batch: they cross the H200's ridge at a
+#   batch of about **207**, and a step of short sequences (128 tokens of context) crosses it at
+#   about **267**;
+# - **attention over the KV cache** stays at ~4 FLOP/byte whatever the batch, so long contexts pull
+#   the whole step back: at 1,024 tokens each it levels off near **116 FLOP/byte** and never reaches
+#   the ridge.
+#
+# The cell below computes these numbers. This is why serving engines batch decodes as widely as
+# memory allows, and why the KV cache's size matters so much (lab 03).
+
+# %%
+r = ridge_point(gpu)
+print(f"attention over the KV cache: {checks.kv_intensity(spec):.1f} FLOP/byte at any batch")
+for context in (0, 128, 1024):
+    b = checks.decode_ridge_batch(spec, r, context)
+    what = "linear layers alone" if context == 0 else f"whole step, {context} tokens of context"
+    if b is None:
+        fl, by = checks.reference_decode_step_cost(spec, 1 << 20, context)
+        print(f"{what:38s}: never crosses the ridge ({r:.0f}); levels off at {fl / by:.0f} FLOP/byte")
+    else:
+        print(f"{what:38s}: crosses the ridge ({r:.0f} FLOP/byte) at a batch of {b}")
+assert checks.kv_intensity(spec) == 4.0 and checks.decode_ridge_batch(spec, r, 1024) is None
+
+# %% [markdown]
 #
 # ## Key points
 #
 # - A **prefill** step does `2 x params` FLOPs per prompt token and reads the weights once:
 #   hundreds of tokens per step make it **compute-bound**.
-# - A **decode** step does the same per sequence but carries one token per sequence: intensity
-#   about equal to the batch size, far below a GPU's ridge (~200 FLOP/byte on an H200), so it is
-#   **memory-bound**: its time is the time to read the weights and the KV cache.
-# - Batching decodes is nearly free until the batch is large; attention over long contexts keeps
-#   decode memory-bound at any batch size.
+# - A **decode** step does the same per sequence but carries one token per sequence: its linear
+#   layers' intensity equals the batch size, at usual batches far below a GPU's ridge (~200
+#   FLOP/byte on an H200), so it is **memory-bound**: its time is the time to read the weights and
+#   the KV cache.
+# - Batching decodes is nearly free until the batch nears the ridge (~200 sequences on an H200 for
+#   the linear layers); attention over the KV cache (~4 FLOP/byte with llama-3-8b's grouped-query
+#   attention) stays memory-bound at any batch, so long contexts keep the whole step memory-bound.
 # - Measured (this machine) and simulated (cost model) numbers are labelled as such.
 #
 # ## Going further
 #
 # 1. Run `pdlab calibrate` (on a GPU if you have one). Which efficiency factors did it fit, and how
 #    do they compare with the defaults used by the sliders?
-# 2. For the H200 and llama-3-8b, at what batch would the *linear layers alone* of a decode step
-#    cross the ridge? Why is that batch out of reach in practice? (Hint: KV memory per sequence.)
+# 2. How many sequences of 1,024 tokens fit in an H200's KV cache next to llama-3-8b's weights,
+#    and is that more or less than the batch at which the linear layers cross the ridge? What
+#    changes for a model without grouped-query attention? (Hint: KV bytes per token, lab 03.)
 # 3. FP8 weights halve the bytes. Where do decode and prefill move on the roofline?
 # 4. Your CPU measurements: did the prefill cost per token really flatten? Where is this machine's
 #    "ridge"?

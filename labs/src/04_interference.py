@@ -46,7 +46,9 @@ STALL = 0.1                    # a gap between two tokens longer than this is a 
 # %% [markdown]
 # ## 1. The scene
 #
-# **Aggregated** serving (continuous batching with prefill priority, vLLM v0 / Orca style): one
+# **Aggregated** serving (continuous batching with prefill-only iterations, as vLLM v0 schedules
+# them; Orca, which introduced iteration-level batching, mixes prefill and decode in one
+# iteration instead, closer to lab 05's chunked mode): one
 # GPU runs every request; when a prompt arrives it is prefilled *whole*, in an iteration of its
 # own, and only then do the running streams decode their next token. The workload is pdlab's
 # `chat-long` mix: short chats (prompts around 256 tokens, answers around 128) and, 5% of the
@@ -140,28 +142,40 @@ checks.check_frozen_share(frozen_share);
 # %% [markdown]
 # ## 3. How big, how often?
 #
-# The stall lasts as long as the long prompt's prefill, which grows a little faster than
-# linearly (attention is quadratic in the prompt). How many users it hits depends on how many
-# streams are running, so on the rate. Two sweeps (same requests, one knob at a time); in the
-# rate sweep, aggregated's ITL and TPOT tails climb with the load while chunked's stay nearly
-# flat, and TTFT p99 is mostly the long prompts' own prefill in both:
+# A stall lasts at least as long as the long prompt's prefill, which grows a little faster than
+# linearly (attention is quadratic in the prompt). The *longest* stalls last longer still: when
+# long prompts arrive close together, prefill priority runs them back to back, and every stream
+# waits for all of them (the lines under the figure count the prefill tokens inside each longest
+# stall). How many users a stall hits depends on how many streams are running, so on the rate.
+# Two sweeps (same requests, one knob at a time); in the rate sweep, aggregated's ITL and TPOT
+# tails climb with the load while chunked's stay nearly flat, and TTFT p99 is mostly the long
+# prompts' own prefill in both:
 
 # %%
 lengths = [2048, 4096, 8192, 16384]
-stall_ms, frozen_by_len, ttft99 = [], [], []
+stall_ms, frozen_by_len, ttft99, inside = [], [], [], []
 for L in ex.progress(lengths, "long-prompt sizes"):
     r = ex.simulate(Lengths("mix", a=256, b=128, long_len=L, long_share=0.05), N, RATE,
                     mode="aggregated", model=MODEL, gpu=GPU)
     g = analysis.max_gaps(r)
     stall_ms.append(float(g.max()) * 1e3)
+    inside.append(analysis.longest_stall(r))
     frozen_by_len.append(float(np.mean(g > STALL)) * 100)
     ttft99.append(r.summary()["ttft_s"]["p99"] * 1e3)
 viz.sweep_lines(lengths, {"longest stall (ms)": stall_ms, "TTFT p99 (ms)": ttft99},
                 "Aggregated: the longer the long prompt, the longer every stream freezes",
                 "long prompt (tokens), log scale", "ms (log scale)", clock=CLOCK, log_x=True, log_y=True,
                 hlines={f"{STALL * 1e3:.0f} ms": STALL * 1e3}).show()
-print("streams frozen > 100 ms (%):", dict(zip(lengths, np.round(frozen_by_len, 1))), f"  [{CLOCK}]")
+cm = CostModel.from_names(GPU, MODEL)
+print(f"streams frozen > {STALL * 1e3:.0f} ms: "
+      + ", ".join(f"{L} tokens {v:.1f}%" for L, v in zip(lengths, frozen_by_len)) + f"  [{CLOCK}]")
+for L, st in zip(lengths, inside):
+    print(f"  {L:5d}-token prompts: longest stall {st['gap_s'] * 1e3:5.0f} ms = {st['prefill_iterations']} "
+          f"prefill iterations, {st['prefill_tokens']:,} prompt tokens back to back "
+          f"(one {L}-token prefill alone: {cm.prefill_time(L) * 1e3:.0f} ms)")
 assert stall_ms[-1] > 4 * stall_ms[0]
+# the longest stall lasts at least one long prefill, and holds at least that prompt's tokens
+assert all(st["gap_s"] >= cm.prefill_time(L) and st["prefill_tokens"] >= L for L, st in zip(lengths, inside))
 
 # %%
 rates = [2.0, 4.0, 8.0, 12.0]
@@ -208,8 +222,9 @@ assert not np.array_equal(before, dash.figures["raster"].data[1].x)
 # ## Key points
 #
 # - Aggregated serving runs a whole prompt in an iteration of its own: every stream waits for it.
-# - The stall equals the long prefill's time (hundreds of ms for 8k tokens on an H100) and hits
-#   every running stream at once.
+# - A stall lasts at least the long prefill's time (hundreds of ms for 8k tokens on an H100) and
+#   hits every running stream at once; long prompts that arrive together are prefilled back to
+#   back, and the freezes add up.
 # - TPOT hides it; ITL holds it, in the tail; "share of streams that froze" says it in user terms.
 # - Longer prompts make longer freezes; more load makes more users see them.
 #
@@ -220,5 +235,6 @@ assert not np.array_equal(before, dash.figures["raster"].data[1].x)
 #    what would that limit protect, and what not?
 # 3. A bursty arrival process (`make_requests(..., burstiness=4)`) at the same mean rate: more
 #    or fewer frozen streams? Why?
-# 4. Which SLO would you write so that it catches this problem? (hint: `SLO("itl", 99.9, 0.1)`
-#    vs `SLO("tpot", 99, 0.05)`)
+# 4. Which SLO would you write so that it catches this problem? (Hint: which metric keeps one
+#    long pause as a pause rather than averaging it away, and which percentile still sees a
+#    pause that hits one gap in a hundred?)

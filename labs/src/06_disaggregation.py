@@ -230,6 +230,87 @@ assert e2e["disaggregated"] > e2e["chunked"] and tpot["disaggregated"] > tpot["c
 # decode GPU runs twice the batch, while the prefill GPU is busy about a tenth of the time.
 
 # %% [markdown]
+# ## 5. Measured: worker processes and a real KV transfer
+#
+# Everything above was simulated. `pdlab serve-disagg` runs the same schedulers for real: each
+# worker is its own process holding the tiny model and a paged KV cache, the prompt is prefilled
+# in one, and its KV blocks cross to the other through `torch.distributed` (NCCL between GPUs,
+# gloo here), per layer while the prefill still runs, or per block afterwards. The numbers below
+# were **measured on a CPU with the gloo backend** (two worker processes on one host, a loopback
+# link, a machine shared with other jobs) by `bench/disagg_nccl.py`, and committed; they are read
+# from that file, not recomputed. Beside them, the **simulator's** view of the same things.
+
+# %%
+from pdlab.lab import results
+from pdlab.serving.link import Link
+
+measured = results.load("disagg-cpu-gloo-2026-12-07.json")
+MEASURED = measured["clock"]
+sweep, check = measured["transfer_vs_prompt"], measured["link_model_check"]
+print("measured:", MEASURED, "| load average", measured["load_average_1min"])
+lines, predicted = {}, {}
+for label in ("per-layer after prefill", "per-block"):
+    by_len = sweep[label]["by_prompt_len"]
+    lens = [int(n) for n in by_len]
+    lines[label] = (lens, [v["seconds_median"] for v in by_len.values()])
+    fit = check[label]["fitted_to_transfers"]
+    link = Link("fitted", fit["gbps"], fit["latency_s"])
+    predicted[label] = (lens, [(lambda a, b: b - a)(*link.send(0.0, v["bytes"])) for v in by_len.values()])
+    print(f"{label:>24}: Link fitted to the transfers {fit['gbps']:.2f} GB/s + {fit['latency_s'] * 1e3:.2f} ms, "
+          f"median error {fit['median_abs_rel_error']:.0%}; with the send benchmark's bandwidth "
+          f"{check[label]['from_send_bench']['median_abs_rel_error']:.0%}")
+overlap = sweep["per-layer overlapped"]["by_prompt_len"]
+lines["per-layer overlapped: pause after the prefill"] = ([int(n) for n in overlap],
+                                                          [max(v["exposed_s_median"], 1e-5) for v in overlap.values()])
+viz.transfer_times(lines, predicted, MEASURED, "simulated Link (fitted to the measured transfers)").show()
+longest = str(max(int(n) for n in overlap))
+assert overlap[longest]["exposed_s_median"] <= sweep["per-layer after prefill"]["by_prompt_len"][longest]["seconds_median"]
+
+# %% [markdown]
+# *What to look for:* the wire time grows with the prompt (its KV), per-block pays one message
+# per block where per-layer pays one per layer, and when the KV leaves layer by layer during the
+# prefill almost nothing is left to wait for once the prefill ends (the lowest line, drawn at
+# 0.01 ms where it is zero). The simulator's `Link` (a latency plus bytes over a bandwidth) is the
+# dashed line: its error is printed above.
+#
+# The same schedulers on the same processes, serving the same requests at the same rate: 1P1D
+# against aggregated and chunked on one worker and on two independent replicas, measured, next
+# to what the cost model predicts for them (its generic `cpu` preset, not calibrated to this
+# machine: compare the shapes, not the values).
+
+# %%
+lat = measured["latency"]["prompt-heavy"]
+rate = min(lat["rates"], key=float)
+row = lat["rates"][rate]
+sim_setups = {"disaggregated 1P1D (2 workers)": dict(mode="disaggregated"),
+              "aggregated x1": dict(mode="aggregated", num_gpus=1), "chunked x1": dict(mode="chunked", num_gpus=1, chunk_size=256),
+              "aggregated x2 (replicas)": dict(mode="aggregated", num_gpus=2),
+              "chunked x2 (replicas)": dict(mode="chunked", num_gpus=2, chunk_size=256)}
+wl = make_requests(24, float(rate), Lengths("fixed", a=lat["input_len"], b=lat["output_len"]), seed=1)
+SIM_CPU = viz.sim_label("tiny", "cpu")
+sim = {k: run_serving(wl, ServingConfig(model="tiny", gpu="cpu", link=check["per-layer after prefill"]["fitted_to_transfers"]["gbps"],
+                                        num_blocks=1024, **kw)).summary()
+       for k, kw in sim_setups.items()}
+for metric, q in (("ttft", 50), ("itl", 99)):
+    viz.side_by_side({k: v[f"{metric}_p{q}_s"] for k, v in row.items()}, {k: s[f"{metric}_s"][f"p{q}"] for k, s in sim.items()},
+                     f"{metric.upper()} p{q}, prompt-heavy ({lat['input_len']} + {lat['output_len']} tokens) at {rate} requests/s",
+                     "ms", MEASURED, SIM_CPU).show()
+print(f"[{MEASURED}] vs [{SIM_CPU}]")
+for k, v in row.items():
+    print(f"{k:>32}: measured TTFT p50 {v['ttft_p50_s'] * 1e3:6.0f} ms, ITL p99 {v['itl_p99_s'] * 1e3:6.0f} ms | "
+          f"simulated {sim[k]['ttft_s']['p50'] * 1e3:6.0f} / {sim[k]['itl_s']['p99'] * 1e3:6.0f} ms")
+assert all(v["completed"] == 24 for v in row.values())
+
+# %% [markdown]
+# *What to look for:* measured, the aggregated worker's ITL p99 is a whole prefill (a stream
+# waits for every prompt), while 1P1D keeps prompts off the decode worker. The simulated bars
+# barely differ: the generic `cpu` preset thinks this tiny model's steps take a few milliseconds,
+# so at this rate nothing interferes; the real steps on a shared CPU take tens to hundreds. A
+# simulation describes a machine only once it is calibrated to it (`pdlab calibrate`). And on
+# this CPU every process competes for the same two cores, so two busy workers slow each other
+# down in a way two GPUs would not: the GPU run is one command away (`docs/DISAGG.md`).
+
+# %% [markdown]
 # ## Key points
 #
 # - Disaggregation removes prefill-decode interference by construction: no decode waits for a prompt.

@@ -80,6 +80,7 @@ class ModelExecutor:
         self._pinned: torch.Tensor | None = None       # reused pinned host buffer (GPU)
         self._copy_done = None                         # event: its last copy to the device ended
         self.steps = 0
+        self.layer_done = None      # optional ``layer_done(i)`` for the next steps (per-layer KV send)
 
     @property
     def kv_cache_bytes(self) -> int:
@@ -229,11 +230,13 @@ class ModelExecutor:
         else:
             start = time.perf_counter()
         next_ids = None
-        if self.graphs is not None and batch.decodes and not batch.prefills:
+        # a per-layer callback (disaggregated KV streaming) cannot run inside a replayed graph
+        if self.graphs is not None and batch.decodes and not batch.prefills and self.layer_done is None:
             next_ids = self.graphs.run(batch.decodes)      # None: no bucket fits, run eagerly
         if next_ids is None:
             input_ids, positions, attn, logits_index = self.prepare(batch)
-            logits = self.model(input_ids, positions, self.kv_caches, attn, logits_index)   # [S, V]
+            logits = self.model(input_ids, positions, self.kv_caches, attn, logits_index,
+                                layer_done=self.layer_done)                                # [S, V]
             next_ids = logits.argmax(dim=-1)                                               # [S] greedy
         if cuda:
             t1.record()

@@ -302,14 +302,18 @@ class Model(nn.Module):
                     p[r0:r1] = (torch.randn(r1 - r0, *p.shape[1:], generator=g) * std).to(p.device, p.dtype)
         return self
 
-    def forward(self, input_ids, positions, kv_caches, attn: AttentionMetadata, logits_index=None):
+    def forward(self, input_ids, positions, kv_caches, attn: AttentionMetadata, logits_index=None,
+                layer_done=None):
         """The serving pass. input_ids, positions [T]; kv_caches: one (k_cache, v_cache) per
-        layer; logits_index [S]: the rows that sample a token (all rows when None).
-        Returns logits [S, V] in fp32."""
+        layer; logits_index [S]: the rows that sample a token (all rows when None);
+        ``layer_done(i)`` is called once layer i has written its K/V (a disaggregated prefill
+        starts sending that layer while the later ones compute). Returns logits [S, V] in fp32."""
         x = self.embed(input_ids)                            # [T, C]
         cos_sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta)
-        for layer, kv in zip(self.layers, kv_caches):
+        for i, (layer, kv) in enumerate(zip(self.layers, kv_caches)):
             x = x + layer.attn.forward_paged(layer.input_norm(x), cos_sin, kv, attn)
+            if layer_done is not None:
+                layer_done(i)
             x = x + layer.mlp(layer.post_attn_norm(x))
         if logits_index is not None:
             x = x[logits_index]                              # [S, C]: skip unsampled rows

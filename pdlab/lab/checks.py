@@ -39,7 +39,8 @@ def check_slot_of(slot_of) -> bool:
     if not ok:
         return False
     return report("Ex 2.1 slot_of (positions 0, 15, 16, 40)", yours == expected, yours, expected,
-                  hint="the block holding pos is block_table[pos // block_size]; pos % block_size is the row in it")
+                  hint="which logical block holds position pos, which row inside it, and where does the "
+                       "block table say that block lives?")
 
 
 def check_online_softmax(fn) -> bool:
@@ -66,7 +67,8 @@ def check_online_softmax(fn) -> bool:
         err = float((yours - expected).abs().max())
         if not err < 1e-4:
             return report(f"Ex 2.2 online softmax (tile {tile}) max error", False, err, "< 1e-4",
-                          hint="rescale l and acc by exp(m_old - m_new) before adding the new tile")
+                          hint="when a tile raises the running max, the sums kept so far were taken against the old "
+                               "max: what must happen to them before the tile is added?")
         worst = max(worst, err)
     return report("Ex 2.2 online softmax (tiles 1, 7, 16, 64) max error", True, f"{worst:.1e}", "< 1e-4")
 
@@ -105,8 +107,8 @@ def check_kv_bytes_per_token(fn) -> bool:
         expected = m.kv_bytes_per_token
         if yours is None or int(yours) != expected:
             return report(f"Ex 3.1 KV bytes per token ({name})", False, yours, expected,
-                          hint="2 (K and V) x layers x kv_heads x head_dim (hidden // heads) x kv_dtype_bytes; "
-                               "GQA models store kv_heads, not heads")
+                          hint="what does one token leave in the cache, in every layer? Count the vectors (and "
+                               "whose heads they belong to in a GQA model), their length, their bytes")
     m = MODELS["llama-3-8b"]
     return report(f"Ex 3.1 KV bytes per token ({len(names)} presets; llama-3-8b)", True,
                   int(fn(m)), m.kv_bytes_per_token)
@@ -125,7 +127,8 @@ def check_max_decode_batch(fn) -> bool:
         expected = cm.kv_capacity_tokens() // ctx
         if yours is None or int(yours) != expected:
             return report(f"Ex 3.2 max decode batch ({model} on {gpu}, {ctx} tokens)", False, yours, expected,
-                          hint="cost_model.kv_capacity_tokens() is the KV room in tokens; each sequence needs context tokens")
+                          hint="how many tokens of KV fit in the room the cost model leaves, and how many does "
+                               "each sequence hold?")
     return report("Ex 3.2 max decode batch (3 cases)", True, "all match", "all match")
 
 
@@ -178,8 +181,8 @@ def check_pick_budget(fn) -> bool:
         expected = reference_pick_budget(pts, slo)
         if yours != expected:
             return report(f"Ex 5.1 pick the budget (case {i + 1}, ITL SLO {slo * 1e3:g} ms)", False, yours, expected,
-                          hint="keep the points with itl <= itl_slo, then take the one with the smallest ttft; "
-                               "None when no point qualifies")
+                          hint="first decide which budgets are allowed at all (the ITL SLO), then which of those "
+                               "serves first tokens best; and when none is allowed?")
     return report("Ex 5.1 pick the budget (4 cases)", True, "all match", "all match")
 
 
@@ -199,7 +202,8 @@ def check_kv_transfer_s(fn) -> bool:
         expected = CostModel.from_names("h100", model).kv_transfer_time(tokens, LINKS_GBPS[link], LINK_LATENCY_S[link])
         if yours is None or not close(float(yours), expected, 1e-6):
             return report(f"Ex 6.1 KV transfer time ({model}, {tokens} tokens over {link})", False, yours, expected,
-                          hint="latency + tokens x kv_bytes_per_token / (GB/s x 1e9)")
+                          hint="a transfer costs a fixed start-up plus its bytes over the bandwidth; how many bytes "
+                               "does a prompt's KV hold, and what is a GB/s in bytes per second?")
     m = MODELS["llama-3-8b"]
     return report("Ex 6.1 KV transfer time (4 cases; llama-3-8b, 4096 tokens, 25 GbE)", True,
                   round(float(fn(m, 4096, LINKS_GBPS["eth-25g"], LINK_LATENCY_S["eth-25g"])), 4),
@@ -243,6 +247,29 @@ def reference_decode_step_cost(model, batch: int, context: int) -> tuple[float, 
     return float(flops), float(nbytes)
 
 
+def kv_intensity(model) -> float:
+    """FLOPs per byte of attention over the KV cache in decode: ``4 x heads x head_dim`` FLOPs
+    per context token and layer (QK^T and PV) over the K and V bytes of that token and layer
+    (grouped-query attention shares a KV head among ``heads / kv_heads`` query heads)."""
+    return 4 * model.heads * model.head_dim * model.layers / model.kv_bytes_per_token
+
+
+def decode_ridge_batch(model, ridge: float, context: int, max_batch: int = 1 << 20) -> int | None:
+    """The smallest batch at which a whole decode step (``reference_decode_step_cost``: weights,
+    LM head, attention over ``context`` tokens each) reaches ``ridge`` FLOP/byte; None if the step
+    levels off below it (long contexts: the KV reads' ~4 FLOP/B pull it down)."""
+    def ai(b):
+        f, n = reference_decode_step_cost(model, b, context)
+        return f / n
+    if ai(max_batch) < ridge:
+        return None
+    lo, hi = 1, max_batch            # intensity grows with the batch: bisect
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (mid + 1, hi) if ai(mid) < ridge else (lo, mid)
+    return lo
+
+
 def check_decode_step_cost(fn) -> bool:
     """Ex 1.1: ``fn(model, batch, context) -> (flops, bytes)`` of one decode step."""
     from ..models import MODELS
@@ -259,13 +286,76 @@ def check_decode_step_cost(fn) -> bool:
             return report("Ex 1.1 decode step cost", False, yours, (ef, eb), hint="return a pair (flops, bytes)")
         if not close(yf, ef, 1e-6):
             return report(f"Ex 1.1 decode FLOPs ({name}, batch {b}, context {c})", False, yf, ef,
-                          hint="2 x batch x (layers x layer_params + vocab x hidden) "
-                               "+ 4 x layers x heads x head_dim x batch x context")
+                          hint="follow one token: every weight it meets (each layer, then the LM head) costs 2 "
+                               "FLOPs; attention adds work that grows with the context; then times the batch")
         if not close(yb, eb, 1e-6):
             return report(f"Ex 1.1 decode bytes ({name}, batch {b}, context {c})", False, yb, eb,
-                          hint="(layers x layer_params + vocab x hidden) x dtype_bytes "
-                               "+ batch x context x kv_bytes_per_token")
+                          hint="what is read once per step whatever the batch, and what once per sequence "
+                               "for every token of its context?")
     ef, eb = reference_decode_step_cost(MODELS["llama-3-8b"], 64, 1024)
     yf, yb = (float(v) for v in fn(MODELS["llama-3-8b"], 64, 1024))
     return report("Ex 1.1 decode step cost (4 cases; llama-3-8b batch 64 @ 1024: FLOP/byte)", True,
                   round(yf / yb, 2), round(ef / eb, 2))
+
+
+# --- lab 07: prefix reuse and routing ---------------------------------------------------------
+
+def reference_kv_cost(prompt_blocks: int, device_hit: int, host_hit: int, queued: int, active: int,
+                      overlap_weight: float = 1.0, load_weight: float = 1.0, host_weight: float = 0.75) -> float:
+    """One replica's kv-aware cost, computed by the router itself (``pdlab.serving.router``)."""
+    from types import SimpleNamespace
+
+    from ..config import ServingConfig
+    from ..request import Request, Sequence
+    from ..serving.router import Router
+
+    w = SimpleNamespace(index=0, sched=SimpleNamespace(kv_load=lambda: (queued, active)))
+    index = SimpleNamespace(overlap=lambda i, hashes, now: (device_hit, host_hit), routed=lambda *a: None)
+    cfg = ServingConfig(router="kv-aware", overlap_weight=overlap_weight, load_weight=load_weight,
+                        host_weight=host_weight, block_size=16)
+    r = Router("kv-aware", [w], cfg, index)
+    return r.costs(Sequence(Request(0, 0.0, prompt_blocks * 16, 1)), 0.0, [w])[0]
+
+
+def check_kv_cost(fn) -> bool:
+    """Ex 7.1: ``fn(prompt_blocks, device_hit, host_hit, queued, active, overlap_weight, load_weight)``
+    -> the kv-aware cost of one replica (host hits count 0.75 of a device hit)."""
+    cases = [(100, 0, 0, 0, 0, 1.0, 1.0), (100, 80, 0, 30, 2000, 1.0, 1.0), (100, 40, 40, 0, 500, 2.0, 1.0),
+             (64, 64, 0, 10, 300, 4.0, 0.0), (64, 10, 0, 200, 3000, 0.0, 1.0)]
+    for c in cases:
+        ok, yours = attempt("Ex 7.1 kv_cost", fn, *c)
+        if not ok:
+            return False
+        expected = reference_kv_cost(*c)
+        if not (isinstance(yours, (int, float)) and close(float(yours), expected)):
+            return report(f"Ex 7.1 kv_cost{c}", False, yours, expected,
+                          hint="new = max(0, prompt_blocks - device_hit - 0.75 * host_hit); "
+                               "cost = overlap_weight * (new + load_weight * queued) + load_weight * active")
+    return report("Ex 7.1 kv_cost (5 replicas' states)", True, "all equal", "the router's costs")
+
+
+def reference_attainment(ttft, tpot, ttft_slo: float, tpot_slo: float) -> float:
+    """DistServe's SLO attainment: the share of requests within both targets at once (a one-token
+    answer, TPOT NaN, has no pace to miss; a never-served one, TTFT inf, misses)."""
+    import numpy as np
+    ttft, tpot = np.asarray(ttft, dtype=float), np.asarray(tpot, dtype=float)
+    ok = (ttft <= ttft_slo) & (np.isnan(tpot) | (tpot <= tpot_slo))
+    return float(ok.mean()) if ok.size else 0.0
+
+
+def check_attainment(fn) -> bool:
+    import numpy as np
+    cases = [
+        (np.array([0.1, 0.2, 0.9, 0.3]), np.array([0.01, 0.06, 0.01, 0.02]), 0.5, 0.05),
+        (np.array([0.1, np.inf, 0.2]), np.array([0.01, np.nan, np.nan]), 0.5, 0.05),
+        (np.array([0.4, 0.4]), np.array([0.05, 0.05]), 0.4, 0.05),
+    ]
+    for ttft, tpot, a, b in cases:
+        ok, yours = attempt("attainment", fn, ttft, tpot, a, b)
+        if not ok:
+            return False
+        want = reference_attainment(ttft, tpot, a, b)
+        if not close(float(yours), want):
+            return report("attainment", False, yours, want,
+                          "a request counts when TTFT <= target AND (TPOT <= target or TPOT is NaN)")
+    return report("attainment", True, "all cases", "all cases")

@@ -328,9 +328,11 @@ class DisaggDashboard(Dashboard):
         self.goodput_button = W.Button(description="goodput per GPU", icon="play")
         self.goodput_out = W.Output()
         self.goodput_fig = viz.empty_widget()
+        # hidden until the first search: an empty chart with default axes looks broken
+        self.goodput_box = W.Box([self.goodput_fig], layout=W.Layout(display="none"))
         self.goodput_button.on_click(lambda _: self.find_goodput())
         self.widget.children = (*self.widget.children, W.HBox([self.goodput_button, self.goodput_out]),
-                                self.goodput_fig)
+                                self.goodput_box)
 
     @property
     def slos(self):
@@ -379,5 +381,6 @@ class DisaggDashboard(Dashboard):
                 out[k] = goodput(reqs, c, self.slos, start=v["rate"], label=k) / c.gpus
         viz.refresh(self.goodput_fig, viz.goodput_bars(out, clock=viz.clock_label(self.results["disaggregated"]),
                                                        slos=self.slos))
+        self.goodput_box.layout.display = None
         self.goodputs = out
         return out

@@ -18,8 +18,11 @@ from ..config import ServingConfig
 from ..gcpause import gc_paused
 from ..hardware import parse_link
 from ..request import Batch, Request, Sequence, Status, StepResult
-from .events import Arrival, EventQueue, StepDone, StepLog, StepRecord, TransferDone
-from .kv import BlockManager
+from .events import Arrival, EventQueue, StepDone, StepLog, TransferDone
+from .kv import BlockManager, prefix_hashes
+from .kvindex import build_index
+from .offload import attach_host_tiers
+from .prefixstats import prefix_counters
 from .link import Link
 from .policies import AggregatedScheduler, ChunkedScheduler, DecodeOnlyScheduler, PrefillOnlyScheduler
 from .router import Router
@@ -47,6 +50,7 @@ class RunResult:
     transfers: int = 0
     kv_bytes_moved: int = 0
     prefix_hit_rate: float | None = None   # prompt tokens served from the prefix cache (when enabled)
+    prefix: dict | None = None             # prefix-reuse counters (pdlab.serving.prefixstats)
 
     def summary(self, slos=None) -> dict:
         from ..metrics import summarize
@@ -56,6 +60,9 @@ class RunResult:
         out["preemptions"] = sum(s.num_preemptions for s in self.sequences)
         if self.prefix_hit_rate is not None:
             out["prefix_hit_rate"] = self.prefix_hit_rate
+        if self.prefix is not None:
+            from ..prefixmetrics import prefix_summary
+            out.update(prefix_summary(self))
         if self.config.mode == "disaggregated":
             out["kv_transfers"] = self.transfers
             out["kv_bytes_moved"] = self.kv_bytes_moved
@@ -72,7 +79,8 @@ def _bar(total: int):
 
 class Cluster:
     def __init__(self, config: ServingConfig, executor_factory: ExecutorFactory,
-                 num_blocks: int | dict[str, int] | None = None, clock: str = "", on_step: StepHook | None = None):
+                 num_blocks: int | dict[str, int] | None = None, clock: str = "", on_step: StepHook | None = None,
+                 recompute_s=None):
         """``num_blocks``: KV blocks per worker, or per role (pools of different TP hold different
         caches)."""
         self.config = cfg = config.validate()
@@ -108,7 +116,10 @@ class Cluster:
                 kind, kw = ChunkedScheduler, {"token_budget": cfg.chunk_size or 512}
             self.prefill = [worker(f"gpu{i}", "mixed", kind, **kw) for i in range(cfg.replicas)]
             self.decode = []
-        self.router = Router(cfg.router, self.prefill)
+        attach_host_tiers(cfg, self.workers, recompute_s)     # --offload-gb: evicted prefixes go to host memory
+        self.index = build_index(cfg, self.workers)          # what the kv-aware router knows of the caches
+        self.router = Router(cfg.router, self.prefill, cfg, self.index)
+        self.local_prefills = 0
         # steady decodes as aggregates, where the clock reads only batch totals (exact either way)
         lazy = not cfg.exact_steps and on_step is None
         for w in self.workers:
@@ -148,6 +159,7 @@ class Cluster:
         if self.config.prefix_cache:
             queried = sum(w.sched.bm.queries for w in self.workers)
             res.prefix_hit_rate = sum(w.sched.bm.hits for w in self.workers) / queried if queried else 0.0
+            res.prefix = prefix_counters(self.workers, self.index, self.local_prefills)
         return res
 
     def _start(self, w: Worker, now: float, last: bool = False) -> None:
@@ -183,7 +195,7 @@ class Cluster:
                 self.events.push(end, StepDone(w, batch, StepResult(end - now), now))
                 return
             g.advance(n, end)                                 # the postprocess of that iteration
-            steps.append(StepRecord(idx, now, end, 0, n, bm.num_used))
+            steps.add(idx, now, end, 0, n, bm.num_used)
             now = end
         self._start(w, now)
 
@@ -194,17 +206,32 @@ class Cluster:
             seq.status = Status.REJECTED
             seq.reject_reason = reason
             return
-        w = self.router.pick(seq)
+        w = self.router.pick(seq, now)
+        if self.config.disagg_threshold is not None:
+            w = self._local_prefill(seq, now) or w
         if w.sched.add(seq):
             seq.worker = w.name
             self._start(w, now, last=True)
+
+    def _local_prefill(self, seq: Sequence, now: float) -> Worker | None:
+        """Per-request disaggregation: a prompt whose uncached part is short enough is prefilled
+        on the decode worker that would cost least (no KV transfer, no prefill-pool queue)."""
+        router, bs = self.router, self.config.block_size
+        w = self.decode[router.choose(router.costs(seq, now, self.decode))]
+        hashes = prefix_hashes(seq, bs)
+        dev, _ = router.index.overlap(w.index, hashes, now)
+        if seq.prompt_len - dev * bs > self.config.disagg_threshold:
+            return None
+        router.index.routed(w.index, hashes, now)
+        self.local_prefills += 1
+        return w
 
     def _step_done(self, step: StepDone, now: float) -> None:
         w = step.worker
         w.finish(step, now)                                   # postprocess
         b = step.batch
-        self.result.steps.append(StepRecord(w.index, step.start, now, b.num_prefill_tokens, b.num_decode_tokens,
-                                            w.sched.bm.num_used))
+        self.result.steps.add(w.index, step.start, now, b.num_prefill_tokens, b.num_decode_tokens,
+                                            w.sched.bm.num_used)
         if w.role == "prefill":
             self.pending.extend((seq, w) for seq in w.sched.take_handoffs())
         if self.decode:

@@ -13,6 +13,7 @@ times a scheduled event comes before an arrival, and scheduled events keep their
 from __future__ import annotations
 
 import heapq
+from array import array
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -100,17 +101,66 @@ class StepColumns(NamedTuple):
         return StepColumns(*(c[mask] for c in self))
 
 
-class StepLog(list):
-    """The ``StepRecord`` of every iteration, in the order they ended."""
+class StepLog:
+    """The ``StepRecord`` of every iteration, in the order they ended. Kept as one typed array per
+    field (48 bytes an iteration rather than a tuple of boxed numbers: a million-request run has
+    millions of iterations); it reads like a list of StepRecords (len, iteration, indexing,
+    slicing, ``append``)."""
+
+    __slots__ = ("_cols",)
+
+    def __init__(self, records=()):
+        self._cols = (array("q"), array("d"), array("d"), array("q"), array("q"), array("q"))
+        for r in records:
+            self.append(r)
+
+    def add(self, worker: int, start: float, end: float, prefill_tokens: int, decode_tokens: int,
+            kv_blocks_used: int) -> None:
+        """Append one iteration without building its record."""
+        w, s, e, p, d, k = self._cols
+        w.append(worker)
+        s.append(start)
+        e.append(end)
+        p.append(prefill_tokens)
+        d.append(decode_tokens)
+        k.append(kv_blocks_used)
+
+    def append(self, record) -> None:
+        self.add(*record)
+
+    def extend(self, records) -> None:
+        for r in records:
+            self.append(r)
+
+    def __len__(self) -> int:
+        return len(self._cols[0])
+
+    def __iter__(self):
+        return map(StepRecord._make, zip(*self._cols))
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            out = StepLog()
+            out._cols = tuple(c[i] for c in self._cols)
+            return out
+        return StepRecord(*(c[i] for c in self._cols))
+
+    def __eq__(self, other) -> bool:
+        return list(self) == list(other)
+
+    def __repr__(self) -> str:
+        return f"StepLog({len(self)} iterations)"
 
     def columns(self) -> StepColumns:
         """The log as one numpy array per field (what the figures plot)."""
-        if not self:
-            return StepColumns(*(np.zeros(0, dtype=t) for t in (int, float, float, int, int, int)))
-        arr = np.array(self, dtype=float)
-        return StepColumns(arr[:, 0].astype(int), arr[:, 1], arr[:, 2], arr[:, 3].astype(int),
-                           arr[:, 4].astype(int), arr[:, 5].astype(int))
+        w, s, e, p, d, k = (np.array(c) for c in self._cols)
+        return StepColumns(w.astype(int), s.astype(float), e.astype(float), p.astype(int), d.astype(int),
+                           k.astype(int))
 
     def window(self, lo: float, hi: float) -> "StepLog":
         """The iterations that overlap [lo, hi]."""
-        return StepLog(s for s in self if s.end >= lo and s.start <= hi)
+        c = self.columns()
+        keep = np.flatnonzero((c.end >= lo) & (c.start <= hi))
+        out = StepLog()
+        out._cols = tuple(array(col.typecode, (col[j] for j in keep.tolist())) for col in self._cols)
+        return out

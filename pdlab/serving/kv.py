@@ -8,6 +8,11 @@ nowhere (the cost model). A block is in exactly one of three states:
 - used: ``ref[b] > 0`` (in some sequence's block table);
 - cached: ``ref[b] == 0`` but its content is a known prefix (in ``_lru``): reusable by a later
   request with the same prefix, evicted oldest-first when a fresh block is needed.
+
+Two optional attachments (set by the cluster): ``publish(tier, kind, hash)`` hears every prefix
+block stored on or removed from this cache (the KV events a KV-aware router indexes, so the router
+never reads a block manager), and ``host``, a ``pdlab.serving.offload.HostTier`` that keeps evicted
+prefix blocks in host memory and hands them back when reloading beats recomputing.
 """
 
 from __future__ import annotations
@@ -39,6 +44,19 @@ def expand_hashes(ids, hash_block: int, prompt_len: int, block_size: int) -> tup
     return tuple(out)
 
 
+def prefix_hashes(seq: Sequence, block_size: int) -> tuple[int, ...]:
+    """The chained hashes of ``seq``'s full prompt blocks (cached on the sequence)."""
+    if seq._hashes is None:
+        r = seq.request
+        if r.block_hashes is not None:
+            seq._hashes = expand_hashes(r.block_hashes, r.hash_block, r.prompt_len, block_size)
+        elif r.prompt_ids is not None:
+            seq._hashes = chain_hashes(r.prompt_ids, block_size)
+        else:
+            seq._hashes = ()
+    return seq._hashes
+
+
 class BlockManager:
     def __init__(self, num_blocks: int, block_size: int = 16, enable_prefix_cache: bool = False):
         if num_blocks < 1 or block_size < 1:
@@ -55,7 +73,11 @@ class BlockManager:
         # named when the sequence leaves the group): counted out of ``_free``
         self.reserved = 0
         self.hits = 0                                         # prefix-cache hit tokens
+        self.hits = 0                                         # prefix-cache hit tokens (device)
+        self.host_hits = 0                                    # ... reloaded from the host tier
         self.queries = 0                                      # prompt tokens looked up
+        self.publish = None                                   # publish(tier, kind, hash): KV events
+        self.host = None                                      # HostTier: evicted prefixes go there
 
     # ---- capacity -------------------------------------------------------------------------
     @property
@@ -83,7 +105,12 @@ class BlockManager:
             b = self._free.pop()
         else:  # evict the least recently used cached prefix block
             b, _ = self._lru.popitem(last=False)
-            del self._block_of[self._hash_of.pop(b)]
+            h = self._hash_of.pop(b)
+            del self._block_of[h]
+            if self.publish is not None:
+                self.publish("device", "removed", h)
+            if self.host is not None:
+                self.host.put(h)
         self.ref[b] = 1
         return b
 
@@ -126,6 +153,12 @@ class BlockManager:
         """One more block for ``seq`` (a decode crossing a block boundary). Caller checked room."""
         seq.block_table.append(self._take())
 
+    def give_back(self, blocks: list[int]) -> None:
+        """Return blocks taken with ``take`` that never joined a block table (no prefix content)."""
+        for b in blocks:
+            self.ref[b] = 0
+        self._free.extend(reversed(blocks))
+
     def free(self, seq: Sequence) -> None:
         """Drop ``seq``'s references; blocks holding a known prefix stay cached (LRU)."""
         if not self._hash_of:     # no prefix blocks anywhere: nothing is shared, every ref is 1
@@ -147,15 +180,7 @@ class BlockManager:
 
     # ---- prefix cache ---------------------------------------------------------------------
     def prefix_hashes(self, seq: Sequence) -> tuple[int, ...]:
-        if seq._hashes is None:
-            r = seq.request
-            if r.block_hashes is not None:
-                seq._hashes = expand_hashes(r.block_hashes, r.hash_block, r.prompt_len, self.block_size)
-            elif r.prompt_ids is not None:
-                seq._hashes = chain_hashes(r.prompt_ids, self.block_size)
-            else:
-                seq._hashes = ()
-        return seq._hashes
+        return prefix_hashes(seq, self.block_size)
 
     def match_prefix(self, seq: Sequence) -> int:
         """Attach cached blocks that hold ``seq``'s prompt prefix; returns tokens reused.
@@ -178,8 +203,24 @@ class BlockManager:
             self.ref[b] += 1
             table.append(b)
         n = len(table) * self.block_size
-        seq.num_computed = seq.num_cached = n
         self.hits += n
+        seq.num_reloaded, seq.reload_s = 0, 0.0
+        host = self.host
+        if host is not None and len(table) < max_blocks:
+            # the device match ended: continue in host memory, if reloading beats recomputing
+            k = len(table)
+            j = k
+            while j < max_blocks and host.has(hashes[j]):
+                j += 1
+            m = (j - k) * self.block_size
+            if m and j - k <= len(self._free) + len(self._lru) and host.worth(m, n):
+                for h in hashes[k:j]:               # first: taking blocks may offload more and evict
+                    host.touch(h)
+                table.extend(self.take(j - k))      # fresh blocks; named once the step computed them
+                seq.num_reloaded, seq.reload_s = m, host.transfer_s(m)
+                self.host_hits += m
+                n += m
+        seq.num_computed = seq.num_cached = n
         return n
 
     def unmatch(self, seq: Sequence) -> None:
@@ -187,10 +228,12 @@ class BlockManager:
         blocks go back to the cache and the lookup is not counted."""
         if not self.enable_prefix_cache or seq.num_computed != seq.num_cached:
             return
-        self.hits -= seq.num_cached
+        self.hits -= seq.num_cached - seq.num_reloaded
+        self.host_hits -= seq.num_reloaded
         self.queries -= seq.prompt_len
         self.free(seq)
-        seq.num_computed = seq.num_cached = 0
+        seq.num_computed = seq.num_cached = seq.num_reloaded = 0
+        seq.reload_s = 0.0
 
     def register_prefix(self, seq: Sequence) -> None:
         """After a step: name the prompt blocks ``seq`` has completely computed."""
@@ -207,6 +250,8 @@ class BlockManager:
                 continue
             self._hash_of[b] = h
             self._block_of[h] = b
+            if self.publish is not None:
+                self.publish("device", "stored", h)
 
     def check(self) -> None:
         """Invariant check used by tests: every block is in exactly one state."""

@@ -124,17 +124,25 @@ class DecodeOnlyScheduler(ChunkedScheduler):
             return f"needs {need} KV blocks on a decode worker but its cache holds {self.bm.num_blocks}"
         return None
 
-    def reserve_for_transfer(self, seq: Sequence) -> list[int] | None:
-        """Allocate blocks for ``seq``'s incoming KV; None if memory is short (the transfer waits)."""
-        need = self.bm.blocks_for(seq.num_computed)
+    def reserve_for_transfer(self, seq: Sequence, num_tokens: int | None = None) -> list[int] | None:
+        """Allocate blocks for ``seq``'s incoming KV (``num_tokens`` of it, default what is computed
+        now: a real prefill worker reserves before the prompt's last chunk runs, to stream the KV
+        layer by layer); None if memory is short (the transfer waits)."""
+        need = self.bm.blocks_for(seq.num_computed if num_tokens is None else num_tokens)
         if not self._has_room(need):
             return None
         return self.bm.take(need)
+
+    def cancel_transfer(self, blocks: list[int]) -> None:
+        """Blocks reserved for a sequence that will not decode here (its first token ended it)."""
+        self.bm.give_back(blocks)
 
     def accept(self, seq: Sequence, block_table: list[int]) -> None:
         """The KV has arrived: ``seq`` joins the running decodes."""
         seq.block_table = block_table
         seq.status = Status.RUNNING
         self._add_running(seq)
+        if self.bm.enable_prefix_cache:      # the prompt's KV is here now: a session's next turn can reuse it
+            self.bm.register_prefix(seq)
         if self._formed:
             self.group.join(seq)

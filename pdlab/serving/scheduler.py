@@ -78,6 +78,21 @@ class Scheduler:
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
 
+    def kv_load(self) -> tuple[int, int]:
+        """(prefill blocks queued here, KV blocks active here): the load terms of a KV-aware
+        router's cost. Active counts the blocks in use plus what waiting prompts will take."""
+        bs = self.bm.block_size
+        queued = active = 0
+        for s in self.waiting:
+            b = -(-(s.num_tokens - s.num_computed) // bs)
+            queued += b
+            active += b
+        for s in self.running:
+            left = s.num_tokens - s.num_computed
+            if left > 1 or s.num_tokens == s.prompt_len:
+                queued += -(-left // bs)
+        return queued, self.bm.num_used + active
+
     @property
     def load(self) -> int:
         """Unfinished sequences here: what the least-loaded router compares."""
@@ -120,6 +135,7 @@ class Scheduler:
                 self.prefilling.append(seq)
             self.bm.allocate(seq, n)
             batch.add_prefill(seq, int(n))
+            batch.reload_s += seq.reload_s
             budget -= n
         return budget
 
@@ -290,12 +306,17 @@ class Scheduler:
             seq.num_computed += n
             if bm.enable_prefix_cache:
                 bm.register_prefix(seq)
-            if seq.num_computed == seq.num_tokens:
+            nt = seq.num_tokens
+            if seq.num_computed == nt:
                 self.prefilling.remove(seq)
                 if self._emit(seq, None, now):
                     done.append(seq)
                 else:
                     g.join(seq)
+            elif nt - seq.num_computed == 1 and nt != seq.prompt_len:
+                # a recompute (after preemption) one token short: that token is a decode now
+                self.prefilling.remove(seq)
+                g.join(seq)
         for seq in finished:
             self._finish(seq, now)
             done.append(seq)

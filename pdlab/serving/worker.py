@@ -46,6 +46,8 @@ class Worker:
             return None
         batch.num_running = len(self.sched.running)
         result = self.executor.run(batch)
+        if batch.reload_s:          # prefix KV copied back from host memory before the step computes
+            result.seconds += batch.reload_s
         self.busy = True
         return StepDone(self, batch, result, now)
 

@@ -17,7 +17,7 @@ from plotly.subplots import make_subplots
 from ..hardware import GpuSpec
 from ..models import ModelSpec, arithmetic_intensity
 from ..sim.costmodel import CostModel, ridge_point
-from .style import DECODE, LAYOUT, PREFILL
+from .style import DECODE, LAYOUT, PREFILL, decade_ticks
 
 
 def _fig(widget: bool, fig: go.Figure) -> go.Figure:
@@ -30,7 +30,9 @@ def step_times_figure(step_seconds, prompt_len: int, device: str, upto: int | No
     """Bars of measured step times (ms): step 0 is the prefill of ``prompt_len`` tokens, each
     later step one decode. ``upto`` shows only the first steps (a slider moves it)."""
     fig = go.Figure(layout={**LAYOUT, "title": f"One request, step by step (measured on {device})",
-                            "xaxis_title": "engine step", "yaxis_title": "step time (ms)", "bargap": 0.15})
+                            "xaxis_title": "engine step", "yaxis_title": "step time (ms)", "bargap": 0.15,
+                            # the whole request's steps: a slider replaying it fills the axis in
+                            "xaxis_range": [-0.6, len(step_seconds) - 0.4]})
     fig.add_bar(name=f"prefill ({prompt_len} tokens)", marker_color=PREFILL)
     fig.add_bar(name="decode (1 token each)", marker_color=DECODE)
     update_step_times(fig, step_seconds, upto)
@@ -66,9 +68,11 @@ def phase_scaling_figure(prompt_lengths, prefill_s, batch_sizes, decode_s, devic
     fig.update_xaxes(type="log", title_text="sequences in the decode batch", row=1, col=2)
     fig.update_yaxes(type="log", title_text="ms", row=1, col=1)
     fig.update_yaxes(type="log", row=1, col=2)
-    fig.update_layout(**{**LAYOUT, "height": 400,
+    # legend under the plots: on the right it covers the right-hand subplot's title in a notebook
+    fig.update_layout(**{**LAYOUT, "height": 460, "margin": dict(l=60, r=20, t=80, b=110),
+                         "legend": dict(orientation="h", yanchor="top", y=-0.22, x=0.5, xanchor="center"),
                          "title": f"Prefill vs decode, measured on {device} (tiny model, paged engine)"})
-    return fig
+    return decade_ticks(fig)
 
 
 def roofline_points(gpu: GpuSpec, model: ModelSpec, decode_batch: int, prefill_tokens: int,

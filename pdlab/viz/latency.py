@@ -77,7 +77,7 @@ def percentile_bars(summaries: dict[str, dict], metric: str, widget: bool = Fals
                   text=[f"{v:.0f}" if v >= 10 else f"{v:.1f}" for v in y], textposition="outside")
     if slo is not None:
         hline(f, slo * 1e3, f"SLO {slo * 1e3:g} ms", log=log_y)
-    return f
+    return decade_ticks(f)
 
 
 def metric_arrays(results: dict[str, object], metric: str) -> dict[str, np.ndarray]:

@@ -106,8 +106,13 @@ def decade_ticks(f: go.Figure) -> go.Figure:
                 spans[key] = (min(lo, float(v.min())), max(hi, float(v.max())))
     for key, (lo, hi) in spans.items():
         axis = f.layout[key]
-        if axis is not None and axis.type == "log" and np.log10(hi / lo) >= 1.0:
-            axis.update(dtick=1, minor=dict(ticks="outside", ticklen=3, showgrid=True, gridcolor="#f3f3f3"))
+        if axis is None or axis.type != "log":
+            continue
+        if np.log10(hi / lo) >= 1.0:
+            axis.update(tickmode="linear", tick0=0, dtick=1,
+                        minor=dict(ticks="outside", ticklen=3, showgrid=True, gridcolor="#f3f3f3"))
+        else:   # said explicitly, so that ``refresh`` of a widget undoes an earlier wide span
+            axis.update(tickmode="auto", minor=dict(ticks="", showgrid=False))
     return f
 
 

@@ -100,7 +100,7 @@ def test_generate_missing_weights_is_one_clear_line(tmp_path, capsys):
     from pdlab.cli import main
     assert main(["generate", "hi", "--weights", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "model file not found" in err and str(tmp_path) in err
+    assert err.count("\n") == 0 and "no config.json there" in err and str(tmp_path) in err
 
 
 def _served_workload(seed=1):

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 LABS = ROOT / "labs"
 ALL = sorted(LABS.glob("**/*.ipynb"))
 LEARNER = sorted(LABS.glob("[0-9][0-9]_*.ipynb"))
-MINE = ["03_kv_cache", "04_interference", "05_chunked_prefill", "06_disaggregation"]
+MINE = ["03_kv_cache", "04_interference", "05_chunked_prefill", "06_disaggregation", "07_prefix_and_routing"]
 
 
 def _id(p):

@@ -1,4 +1,4 @@
-"""Every exercise solution of labs 03-06 passes its check. A check prints FAIL instead of raising
+"""Every exercise solution of labs 03-07 passes its check. A check prints FAIL instead of raising
 (so a workshop keeps flowing), which nbval cannot see; this test calls each check on the
 solution's own code and asserts that it returns True."""
 
@@ -9,7 +9,7 @@ import nbformat
 import pytest
 
 LABS = Path(__file__).resolve().parents[2] / "labs" / "solutions"
-MINE = ["03_kv_cache", "04_interference", "05_chunked_prefill", "06_disaggregation"]
+MINE = ["03_kv_cache", "04_interference", "05_chunked_prefill", "06_disaggregation", "07_prefix_and_routing"]
 PRELUDE = "import numpy as np\nfrom pdlab.lab import checks\nfrom pdlab.request import Status\n"
 
 

@@ -1,4 +1,4 @@
-"""Labs 04-06 in a real browser: JupyterLab + Debian's Chromium driven by Python Playwright.
+"""Labs 04-08 in a real browser: JupyterLab + Debian's Chromium driven by Python Playwright.
 
 nbval executes the notebooks but never renders a widget; this test does. For each lab it runs all
 cells of its solution notebook in JupyterLab, waits for the kernel, asserts that no cell shows an error or a broken widget,
@@ -28,7 +28,8 @@ pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
-LABS = ["04_interference", "05_chunked_prefill", "06_disaggregation"]
+LABS = ["04_interference", "05_chunked_prefill", "06_disaggregation", "07_prefix_and_routing",
+        "08_diagnose_and_plan"]
 LAB_TIMEOUT_S = 240
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--no-first-run", "--disable-sync"]

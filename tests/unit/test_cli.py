@@ -104,6 +104,8 @@ def test_lengths_only_trace_says_it_generates_arrivals(capsys, tmp_path):
     rc, out, err = run(capsys, "simulate", "--trace", str(p), "--json")
     assert rc == 0 and json.loads(out)["completed"] == 2
     assert "no arrived_at column: arrivals are generated at 4 req/s" in err
+    rc, out, _ = run(capsys, "simulate", "--trace", str(p))
+    assert out.splitlines()[0].endswith("(lengths only), Poisson arrivals at 4 req/s (the default)")
     p.write_text("arrived_at,num_prefill_tokens,num_decode_tokens\n0,10,5\n1,12,4\n")
     rc, out, err = run(capsys, "simulate", "--trace", str(p), "--json")
     assert rc == 0 and "arrivals are generated" not in err     # a timed trace replays its own times

@@ -4,7 +4,7 @@ prefix caching and several replicas."""
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from pdlab import ServingConfig, run_serving
 from pdlab.metrics import per_request
@@ -49,6 +49,8 @@ def assert_same(reqs, cfg):
 @given(requests_st, st.sampled_from(["aggregated", "chunked", "disaggregated"]),
        st.sampled_from([None, 40, 90, 300]), st.integers(1, 3), st.sampled_from([None, 64, 256]),
        st.booleans(), st.sampled_from([4, 16]), st.sampled_from(["least-loaded", "round-robin"]))
+# a recompute after preemption that ends one token short: that token is a decode, not a chunk
+@example([(0.0, 270, 84, 1), (0.0, 225, 65, 0)], "chunked", 40, 1, 64, True, 16, "least-loaded")
 def test_fast_path_equals_exact_steps(rows, mode, num_blocks, replicas, chunk, prefix, block_size, router):
     cfg = ServingConfig(mode=mode, num_blocks=num_blocks, chunk_size=chunk, prefix_cache=prefix,
                         block_size=block_size, router=router, max_num_seqs=32,
@@ -60,7 +62,7 @@ def test_fast_path_equals_exact_steps(rows, mode, num_blocks, replicas, chunk, p
 def test_fast_path_equals_exact_steps_under_pressure():
     """A busy run with many preemptions (the fallback to the per-sequence path and back)."""
     from pdlab.workload import make_requests
-    reqs = make_requests(300, 12.0, "sharegpt", seed=3)
+    reqs = make_requests(120, 12.0, "sharegpt", seed=3)
     for mode in ("aggregated", "chunked", "disaggregated"):
         res = assert_same(reqs, ServingConfig(mode=mode, num_blocks=500))
         assert sum(s.num_preemptions for s in res.sequences) > 0

@@ -245,3 +245,20 @@ def test_cdf_overlay_draws_measured_and_simulated_per_metric():
     assert f.data[1].line.dash == "dash" and list(f.data[1].x) == pytest.approx([110, 220, 330])
     assert "opt-13b on a100-80gb" in f.layout.title.text
     assert sum(t.showlegend for t in f.data) == 3
+
+
+def test_roofline_fit_recovers_mbu_and_writes_an_efficiency_profile(tmp_path, capsys):
+    cfg = ServingConfig(mode="aggregated", model="opt-13b", gpu="a100-80gb")
+    base = read_measured(DS / "vllm-200-2.csv").requests[:50]
+    cms = {"mixed": CostModel.from_names("a100-80gb", "opt-13b").with_efficiency(mbu=0.5)}
+    arr = per_request(run_serving(base, cfg, cost_models=cms).sequences)
+    rows = "".join(f"{r.arrival},{r.prompt_len},{r.max_new_tokens},{a},{b if np.isfinite(b) else ''}\n"
+                   for r, a, b in zip(base, arr["ttft"], arr["tpot"]))
+    path = _csv(tmp_path, rows, "arrived_at,num_prefill_tokens,num_decode_tokens,ttft_s,tpot_s\n")
+    out = tmp_path / "roof.json"
+    assert main(["calibrate", "--measured", str(path), "--model", "opt-13b", "--gpu", "a100-80gb", "--mode",
+                 "aggregated", "--params", "mbu", "-o", str(out), "--quiet", "--max-evals", "60"]) == 0
+    capsys.readouterr()
+    prof = load_profile(out)
+    assert prof.kind == "efficiency" and prof.eff.mbu == pytest.approx(0.5, rel=0.05)
+    assert json.loads(out.read_text())["fitted_on"]["base_profile"] == "ideal"

@@ -76,3 +76,29 @@ def test_per_request_itl_owner():
     arr = per_request([done(0, 0, [1, 2, 4]), done(1, 0, [1, 1.5])])
     assert np.allclose(arr["itl"], [1, 2, 0.5]) and list(arr["itl_owner"]) == [0, 0, 1]
     assert math.isnan(per_request([done(0, 0, [1])])["tpot"][0])
+
+
+def test_compact_summary_equals_the_token_by_token_one(monkeypatch):
+    """A run too big for one float per token is summarised from weighted step gaps: the same
+    per-request arrays, the same ITL percentiles, the mean to rounding."""
+    import numpy as np
+    from pdlab import ServingConfig, run_serving
+    from pdlab import metrics as M
+    from pdlab.workload import make_requests
+    for mode, blocks in (("chunked", None), ("aggregated", 400), ("disaggregated", 500)):
+        res = run_serving(make_requests(300, 10.0, "sharegpt", seed=2), ServingConfig(mode=mode, num_gpus=None,
+                                                                                   num_blocks=blocks))
+        full, comp = M.per_request(res.sequences), M.per_request(res.sequences, compact=True)
+        for k in ("ttft", "tpot", "e2e", "queue", "n_out"):
+            np.testing.assert_array_equal(full[k], comp[k])
+        assert comp["itl_weight"].sum() == full["itl"].size
+        np.testing.assert_array_equal(np.sort(full["itl"]), np.sort(np.repeat(comp["itl"], comp["itl_weight"])))
+        exact = M.stats(full["itl"])
+        got = M.weighted_stats(comp["itl"], comp["itl_weight"])
+        assert {k: v for k, v in got.items() if k != "mean"} == {k: v for k, v in exact.items() if k != "mean"}
+        assert got["mean"] == pytest.approx(exact["mean"], rel=1e-12)
+        small = M.summarize(res.sequences)
+        monkeypatch.setattr(M, "COMPACT_TOKENS", 0)
+        big = M.summarize(res.sequences)
+        monkeypatch.undo()
+        assert big["itl_s"]["p99"] == small["itl_s"]["p99"] and big["ttft_s"] == small["ttft_s"]

@@ -101,3 +101,13 @@ def test_bad_pool_options_are_one_line_exit_2(capsys, argv, msg):
     rc = main(["simulate", *argv, "--num-requests", "5"])
     err = capsys.readouterr()[1]
     assert rc == 2 and msg in err and err.count("\n") == 1
+
+
+def test_compare_json_names_the_pools(capsys):
+    from pdlab.paths import MEASURED
+    run = MEASURED / "distserve-opt13b-a100" / "distserve-c21d11-300-3.csv"
+    assert main(["compare", "--measured", str(run), "--model", "opt-13b", "--gpu", "a100-80gb", "--mode",
+                 "disaggregated", "--prefill-tp", "2", "--first-token-from", "decode", "--json"]) == 0
+    d = json.loads(capsys.readouterr()[0])
+    assert (d["gpus"], d["prefill_tp"], d["decode_tp"], d["first_token_from"]) == (3, 2, 1, "decode")
+    assert d["profile"] == "ideal" and d["runs"][0]["requests"] == 300

@@ -88,6 +88,13 @@ def test_malformed_csv_names_file_and_line(tmp_path, text, msg):
     assert "bad.csv" in str(e.value) and msg in str(e.value)
 
 
+def test_csv_header_spaces_and_bom_are_not_part_of_a_name(tmp_path):
+    p = tmp_path / "t.csv"
+    p.write_text("\ufeffarrived_at, num_prefill_tokens, num_decode_tokens\n0.5, 10, 5\n", encoding="utf-8")
+    (r,) = read_trace(p)
+    assert (r.arrival, r.prompt_len, r.max_new_tokens) == (0.5, 10, 5)
+
+
 def test_malformed_jsonl_names_line(tmp_path):
     p = tmp_path / "bad.jsonl"
     p.write_text('{"timestamp": 0, "input_length": 5, "output_length": 2}\n{"timestamp": 1, "input_length": 5\n')

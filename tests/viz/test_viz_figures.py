@@ -95,7 +95,11 @@ def test_log_axes_spanning_decades_label_only_powers_of_ten(runs):
     tl = viz.batch_timeline(runs["aggregated"])             # 1 to thousands of tokens
     assert tl.layout.yaxis.dtick == 1
     narrow = viz.sweep_lines([1, 2], {"a": [10.0, 14.0]}, "t", "x", "y", log_y=True)
-    assert narrow.layout.yaxis.dtick is None                # under a decade: plotly's own ticks
+    assert narrow.layout.yaxis.tickmode == "auto"           # under a decade: plotly's own ticks
+    w = viz.empty_widget()                                  # a widget refreshed wide, then narrow
+    viz.refresh(w, t)
+    viz.refresh(w, viz.cdf({"a": np.array([0.010, 0.011, 0.012])}, "itl", tail=True, log_x=True))
+    assert w.layout.xaxis.tickmode == "auto"
     linear = viz.cdf(viz.metric_arrays(runs, "ttft"), "ttft")
     assert linear.layout.xaxis.dtick is None
 
@@ -197,3 +201,30 @@ def test_bare_skips_the_template_only_inside():
 def test_widget_flag_returns_figurewidget(runs):
     assert isinstance(viz.batch_timeline(runs["chunked"], widget=True), go.FigureWidget)
     assert isinstance(viz.token_raster(runs["chunked"], widget=True), go.FigureWidget)
+
+
+def test_longest_stall_holds_the_prefills_that_caused_it(runs):
+    agg, chunked = analysis.longest_stall(runs["aggregated"]), analysis.longest_stall(runs["chunked"])
+    assert agg["gap_s"] == pytest.approx(float(analysis.max_gaps(runs["aggregated"]).max()))
+    cm = CostModel.from_names("h100", "llama-3-8b")
+    # aggregated: the freeze is prefill-only iterations, and lasts at least as long as they take
+    assert agg["prefill_iterations"] >= 1 and agg["prefill_tokens"] >= 4096
+    assert agg["gap_s"] >= cm.prefill_time(agg["prefill_tokens"] // agg["prefill_iterations"]) * 0.99
+    assert chunked["gap_s"] < agg["gap_s"]
+
+
+def test_transfer_times_measured_solid_simulated_dashed():
+    f = viz.transfer_times({"per-block": ([16, 256], [0.001, 0.004])}, {"per-block": ([16, 256], [0.0008, 0.005])},
+                           "measured on CPU (gloo)", "simulated Link 1.2 GB/s")
+    assert [t.name for t in f.data] == ["per-block (measured)", "per-block (simulated Link)"]
+    assert list(f.data[0].y) == [1.0, 4.0] and f.data[1].line.dash == "dash"
+    assert "measured on CPU (gloo)" in f.layout.title.text and "simulated Link" in f.layout.title.text
+    assert f.layout.xaxis.type == f.layout.yaxis.type == "log"
+
+
+def test_side_by_side_names_both_clocks_and_leaves_missing_bars_empty():
+    f = viz.side_by_side({"1P1D": 0.2, "aggregated x1": 0.5}, {"1P1D": 0.1}, "TTFT p50", "ms",
+                         "measured on CPU (gloo)", "simulated (cost model: tiny on cpu)")
+    assert [t.name for t in f.data] == ["measured", "simulated"]
+    assert list(f.data[0].y) == [200.0, 500.0] and list(f.data[1].y) == [100.0, None]
+    assert "measured on CPU (gloo)" in f.layout.title.text and "simulated (cost model" in f.layout.title.text

@@ -96,9 +96,11 @@ def test_chunked_dashboard_adds_frontier_points_and_sweeps():
 
 def test_disagg_goodput_button():
     dash = pw.DisaggDashboard(n=60, rate=8.0)
+    assert dash.goodput_box.layout.display == "none"        # no empty chart before the click
     g = dash.find_goodput()
     assert set(g) == {"aggregated", "chunked", "disaggregated"} and all(v >= 0 for v in g.values())
     assert list(dash.goodput_fig.data[0].x) == list(g)
+    assert dash.goodput_box.layout.display is None          # shown once there is something to show
 
 
 def test_update_is_interactive():

@@ -328,7 +328,16 @@ def main(argv=None):
     ap.add_argument("--decode-only", action="store_true", help="skip prefill and launch (decode tuning)")
     ap.add_argument("--prefill-only", action="store_true", help="skip decode and launch (prefill tuning)")
     ap.add_argument("--fp32-variants", action="store_true", help="time every fp32 prefill tile, not just the default")
+    ap.add_argument("--decode-variants", type=int, default=None,
+                    help="time only the first N decode variants (1: the package default; each variant compiles)")
+    ap.add_argument("--mma-variants", default=None,
+                    help="comma-separated names of the tensor-core tiles to time (default: all; the first is the package's)")
     args = ap.parse_args(argv)
+    if args.mma_variants:
+        keep = args.mma_variants.split(",")
+        MMA_VARIANTS[:] = [v for v in MMA_VARIANTS if v[0] in keep]
+    if args.decode_variants:
+        DECODE_VARIANTS[:] = DECODE_VARIANTS[:args.decode_variants]
     from pdlab.kernels import get_backend
     from pdlab.kernels import decode_attention as da
     from pdlab.kernels import prefill_attention as pa

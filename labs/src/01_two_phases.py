@@ -26,6 +26,7 @@
 import torch
 
 from pdlab.lab import checks, env
+from pdlab.lab import results as measured
 from pdlab.engine import model as M
 from pdlab.engine import tokenizer
 from pdlab.viz import engine as ve
@@ -81,6 +82,38 @@ ve.phase_scaling_figure(lengths, prefill_s, batches, decode_s, DEVICE, context=c
 # On a laptop CPU the effects are muted (a CPU has little bandwidth headroom over its arithmetic).
 # On a GPU they are stark: an H200 has about 990 TFLOP/s of bf16 tensor arithmetic but "only"
 # 4.8 TB/s of memory bandwidth.
+#
+# ### The same engine on a GPU, at a real model's shape
+#
+# `bench/engine_steps.py` times this engine (decode steps replayed from CUDA graphs, the Numba
+# attention kernels) with the Llama-3.2-1B shape on a GPU, beside its **roofline**: the bytes a
+# step must read (all the weights once, plus every sequence's K/V) over the GPU's measured copy
+# bandwidth, and beside a plain-torch step written for the benchmark (dense KV cache, SDPA, one
+# CUDA graph). The numbers below are that committed run's, not this machine's.
+
+# %%
+steps_file = measured.engine_steps_run()
+if steps_file is None:
+    print("no committed bench/engine_steps.py run yet")
+else:
+    steps = measured.load(steps_file)
+    print(f"measured on an {steps['gpu']} (bench/results/{steps_file}), copy {steps['copy_tbps']:.2f} TB/s")
+    print("decode: batch context  step ms  roofline ms  x roofline  torch peer ms")
+    for r in steps["decode"]:
+        print(f"        {r['batch']:5d} {r['context']:7d} {r['step_ms']:8.2f} {r['roofline_ms']:12.2f} "
+              f"{r['step_ms'] / r['roofline_ms']:11.2f} {r.get('peer_ms', float('nan')):14.2f}")
+
+# %%
+ve.engine_steps_figure(steps) if steps_file else None
+
+# %% [markdown]
+# How to read it: if a decode step is bound by memory, its time follows the roofline line, which
+# rises with batch x context (more K/V to read) from a floor set by the weights (read once per
+# step whatever the batch). The gap between the measured line and the roofline is what a step
+# spends beyond moving bytes: kernels too small to reach full bandwidth, the ~1 us per kernel a
+# replayed CUDA graph still costs, and the host's preparation of the step. Without CUDA graphs
+# (`eager_ms` in the file) that gap is Python launching ~200 kernels one by one, and the curve goes
+# flat: the time then says nothing about the hardware.
 #
 # ## 2. Arithmetic intensity and the roofline
 #

@@ -21,8 +21,8 @@
 # 2. How can attention read K and V once, a tile at a time, without keeping all the scores?
 #    (the **online softmax**)
 # 3. How do the decode kernel's threads map to query heads, tokens and head dimensions?
-# 4. Why is decode attention **memory-bound** however many sequences you batch, and how close does
-#    a Numba kernel get to the bandwidth roof on an H200?
+# 4. Why is decode attention **memory-bound** however many sequences you batch, and why does
+#    prefill need the tensor cores (what is a **fragment**, why `16x8x16` tiles)?
 #
 # The kernels live in `pdlab/kernels/`: device code in `decode_kernel.py`, `prefill_fp32.py` and
 # `cache_ops.py`, the host side (checks, planning, launch) in `decode_attention.py` and
@@ -359,6 +359,84 @@ if GPU:
 # stream (`cuda.external_stream(torch.cuda.current_stream().cuda_stream)`), which inside
 # `torch.cuda.graph()` is the capturing stream. The engine then updates `q`, `seq_lens` and the block
 # tables in place and replays: sub-microsecond per kernel instead of tens.
+
+# %% [markdown]
+# ## 7. Prefill on the tensor cores
+#
+# A prefill is compute-bound, and on a Hopper GPU almost all of the arithmetic lives in the
+# **tensor cores**, which multiply small matrices in one instruction. The instruction this lab's
+# prefill kernel uses, `mma.sync.aligned.m16n8k16` (bf16 or fp16 in, fp32 accumulate), computes
+# `D[16x8] = A[16x16] @ B[16x8] + C[16x8]` with the 32 threads (lanes) of a warp together. No lane
+# holds a whole matrix: each holds a **fragment**, a few registers in a layout the PTX ISA fixes:
+# 4 registers of A (two 16-bit values each: 8 of A's 256 values), 2 of B (4 values) and 4 fp32
+# accumulators of C. Numba has no tensor-core API, so `pdlab/kernels/_mma.py` reaches `ldmatrix`
+# (shared memory into fragments), `mma.sync` and the 16-bit packing through small inline-PTX
+# intrinsics, and `pdlab/kernels/fragments.py` states the layouts once (the simulator emulates the
+# instructions with the same layouts, which is how this cell runs on a laptop). Hover over the
+# figure: the colour is the lane, the label the register.
+
+# %%
+vk.fragment_figure()
+
+# %% [markdown]
+# Why attention maps onto these tiles (`pdlab/kernels/prefill_mma.py`, FlashAttention-2 style):
+#
+# * **S = Q K^T.** A warp owns 16 query rows. For each 16 head dims, its Q fragment (A, 16 queries
+#   x 16 dims) times the K fragment of 8 keys (B, 16 dims x 8 keys) adds to a 16 x 8 tile of
+#   scores in C. K stored `[key][dim]` is already B's "column" layout, so `ldmatrix` loads it
+#   as it is; head dim 128 is 8 such steps, a 64-key tile 8 such tiles.
+# * **The online softmax on the accumulators.** A row of C lives in the 4 lanes of a quad (lanes
+#   4g..4g+3), so a row's max and sum take two warp shuffles, and the rescale of section 3 is a
+#   multiply of registers.
+# * **P V without shared memory.** Two neighbouring 16 x 8 accumulator tiles have exactly the
+#   layout of one 16 x 16 A fragment: P, packed to bf16, is the A operand of `P @ V` as it sits
+#   in registers. V stored `[key][dim]` goes in as B through `ldmatrix.trans` (transposed on the
+#   way).
+# * One `mma` instruction does 16 x 8 x 16 x 2 = 4096 FLOPs for the warp; the fp32 kernel needs
+#   one fused multiply-add (2 FLOPs) per lane per instruction, 64 for the warp.
+#
+# The tensor-core kernel, live, on a chunk of 9 new tokens after 31 cached ones beside a whole
+# 17-token prompt (one warp per block here: the simulator emulates every warp instruction):
+
+# %%
+c = make_case([40, 17], q_lens=[9, 17], num_kv_heads=1, group=4, head_dim=64, block_size=16,
+              dtype=torch.bfloat16, device=DEV, seed=2)
+out = kb.prefill_attention(c.q_prefill, c.k_cache, c.v_cache, c.block_tables, c.cu_seqlens_q, c.seq_lens,
+                           c.scale, kernel="mma", tile=None if GPU else (1, 1, 16))
+err = (out.float().cpu() - ref.prefill(c.q_prefill, c.ks, c.vs, c.cu_seqlens_q.cpu(), c.scale)).abs().max().item()
+print(f"tensor-core prefill (bf16 operands, fp32 accumulators): max |error| = {err:.1e}")
+assert err < 2e-2
+
+# %%
+tc_file = measured.tensor_core_run()      # bench/kernels.py with the tensor-core kernel
+if tc_file is None:
+    print("no committed run of the tensor-core kernel yet (bench/kernels.py on an sm_80+ GPU)")
+else:
+    TC = measured.load(tc_file)
+    print(f"measured on an {TC['gpu']} by bench/kernels.py (bench/results/{tc_file}):")
+    for r in TC["prefill"]:
+        what = "causal prompt" if r["tokens"] == r["context"] else f"chunk on {r['context'] - r['tokens']} cached"
+        print(f"  {r['tokens']:>4}-token {what:<20} fp32 CUDA cores {r['fp32_tflops']:5.1f} | tensor cores "
+              f"{r['tflops']:5.1f} ({r['speedup_over_fp32']:.0f}x) | SDPA {r['sdpa_tflops']:4.0f} TFLOP/s "
+              f"(ours: {100 * r['ratio_to_sdpa']:.0f}% of SDPA)")
+
+# %% [markdown]
+# The jump from the fp32 kernel is the tensor cores alone: the same tiles, the same online softmax,
+# the same paged loads, with each 16 x 8 x 16 product one instruction instead of 2048 fused
+# multiply-adds. What still separates it from SDPA (FlashAttention on Hopper) is the Hopper-only machinery this
+# kernel leaves for later:
+#
+# * **`wgmma`**: a *warpgroup* (4 warps) issues one asynchronous multiply of up to 64 x 256 x 16
+#   that reads its B operand (and optionally A) straight from shared memory. `mma.sync` is the
+#   Ampere instruction: small tiles, operands first moved into registers with `ldmatrix`, and the
+#   warp waits for it. On an H100 it cannot reach the dense bf16 peak; FlashAttention-3 also keeps
+#   the tensor cores busy with one warpgroup's products while another does its softmax.
+# * **TMA**, the tensor memory accelerator: one thread hands the copy engine a descriptor and a
+#   whole K or V tile lands in shared memory, where this kernel's threads compute addresses and
+#   issue a `cp.async` per 16 bytes (registers and issue slots the arithmetic wanted).
+#
+# Both need more than an inline-PTX statement: `wgmma` wants shared-memory layout descriptors and
+# `sm_90a`, TMA a tensor map made on the host through the driver.
 #
 # ## Key points
 #
@@ -368,7 +446,9 @@ if GPU:
 # * Decode attention does ~`group` FLOPs per byte whatever the batch: it is memory-bound, and a
 #   kernel is judged by its bytes per second (wide loads, enough loads in flight, GQA sharing,
 #   splits to fill the GPU).
-# * Prefill attention is compute-bound; without tensor cores (Numba) it is ~20x slower than SDPA.
+# * Prefill attention is compute-bound: on the fp32 CUDA cores it is ~20x slower than SDPA; on the
+#   tensor cores (`mma.sync` through inline PTX, fragments in registers, P reused as the next A
+#   operand) about ten times faster, and `wgmma` + TMA are what remain between it and SDPA.
 # * At small batch the launch costs more than the kernel: capture the decode step in a CUDA graph.
 #
 # ## Going further

@@ -18,9 +18,11 @@ import time
 import numpy as np
 import torch
 
+from ..errors import PdlabError
 from ..gcpause import gc_paused
 from ..kernels import get_backend, reserve_wrappers, validate
 from ..request import Batch, Sequence, StepResult
+from .inputs import decode_inputs
 from .model import AttentionMetadata, Model
 
 
@@ -49,12 +51,15 @@ class ModelExecutor:
     backend     "torch" (gather + SDPA) or "numba" (the paged CUDA kernels, or the simulator)
     check_layers  re-validate the metadata in every layer's kernel calls as well (debugging; by
                 default the step is validated once, on the host, in ``prepare``)
+    graphs      decode-only steps replayed from CUDA graphs (``pdlab.engine.graphs``): "auto" (on
+                for the numba backend on a GPU), True, False, or "eager" (the graphs' static,
+                padded buffers run without capture: how the CPU tests that path)
     """
 
     def __init__(self, model: Model, num_blocks: int, block_size: int, backend: str = "torch",
-                 device: str | torch.device | None = None, check_layers: bool = False):
+                 device: str | torch.device | None = None, check_layers: bool = False, graphs="auto"):
         self.device = torch.device(device) if device is not None else default_device()
-        self.model = model.to(self.device).eval()
+        self.model = model.to(self.device).eval().fuse()
         self.cfg = cfg = model.cfg
         self.num_blocks, self.block_size = num_blocks, block_size
         self.backend_name = backend
@@ -71,6 +76,7 @@ class ModelExecutor:
         if backend == "numba":
             # up to 4 cache views per layer; room for two executors (disaggregated mode, one GPU)
             reserve_wrappers(2 * 4 * cfg.num_layers + 8)
+        self.graphs = _decode_graphs(self, graphs)
         self._pinned: torch.Tensor | None = None       # reused pinned host buffer (GPU)
         self._copy_done = None                         # event: its last copy to the device ended
         self.steps = 0
@@ -156,30 +162,27 @@ class ModelExecutor:
             if end == seq.num_tokens:               # the chunk that completes the sequence samples
                 logits_index.append(cu[-1] - 1)
         P = cu[-1]
-        d_lens = []
-        for j, seq in enumerate(batch.decodes):
-            if seq.num_tokens - seq.num_computed != 1:
-                raise ValueError(f"sequence {seq.id}: a decode needs exactly one uncomputed token, "
-                                 f"has {seq.num_tokens - seq.num_computed}")
-            p = seq.num_computed
-            ids += _token_ids(seq, p, p + 1)
-            pos_parts.append(np.array([p]))
-            d_lens.append(p + 1)
-            logits_index.append(P + j)
+        dec = decode_inputs(batch.decodes, bs) if batch.decodes else None   # vectorised
+        if dec is not None:
+            ids += dec.ids.tolist()
+            pos_parts.append(dec.positions)
+            logits_index += range(P, P + len(dec.ids))
         positions = np.concatenate(pos_parts).astype(np.int64)            # [T]
-        for seq, part in zip(p_seqs + list(batch.decodes), pos_parts):
+        for seq, part in zip(p_seqs, pos_parts):
             table = np.asarray(seq.block_table, dtype=np.int64)
             if len(table) * bs <= part[-1]:
                 raise ValueError(f"sequence {seq.id}: position {part[-1]} needs block {part[-1] // bs} but its "
                                  f"block table has {len(table)}: allocate before run()")
             slot_parts.append(table[part // bs] * bs + part % bs)
+        if dec is not None:
+            slot_parts.append(dec.slots)
         slots = np.concatenate(slot_parts).astype(np.int64)               # [T]
         cu_a = np.asarray(cu, dtype=np.int32)                             # [n_p + 1]
         p_lens_a = np.asarray(p_lens, dtype=np.int32)                     # [n_p]
         p_bt = self._tables(p_seqs, p_need) if p_seqs else None           # [n_p, max_blocks]
-        d_lens_a = np.asarray(d_lens, dtype=np.int32)                     # [n_d]
-        d_bt = (self._tables(batch.decodes, [-(-n // bs) for n in d_lens])
-                if d_lens else None)                                      # [n_d, max_blocks]
+        d_lens = dec.seq_lens.tolist() if dec is not None else []
+        d_lens_a = dec.seq_lens if dec is not None else None              # [n_d]
+        d_bt = dec.block_tables if dec is not None else None              # [n_d, max_blocks]
         # the per-layer checks, once for the step, on the host (no device read-back)
         validate.check_step(self.num_blocks, bs, len(ids), slots,
                             cu_a if p_seqs else None, p_lens_a, p_bt,
@@ -226,10 +229,15 @@ class ModelExecutor:
             t0.record()
         else:
             start = time.perf_counter()
-        input_ids, positions, attn, logits_index = self.prepare(batch)
-        logits = self.model(input_ids, positions, self.kv_caches, attn, logits_index,
-                            layer_done=self.layer_done)                                # [S, V]
-        next_ids = logits.argmax(dim=-1)                                               # [S] greedy
+        next_ids = None
+        # a per-layer callback (disaggregated KV streaming) cannot run inside a replayed graph
+        if self.graphs is not None and batch.decodes and not batch.prefills and self.layer_done is None:
+            next_ids = self.graphs.run(batch.decodes)      # None: no bucket fits, run eagerly
+        if next_ids is None:
+            input_ids, positions, attn, logits_index = self.prepare(batch)
+            logits = self.model(input_ids, positions, self.kv_caches, attn, logits_index,
+                                layer_done=self.layer_done)                                # [S, V]
+            next_ids = logits.argmax(dim=-1)                                               # [S] greedy
         if cuda:
             t1.record()
         tokens = next_ids.tolist()                   # waits for the GPU
@@ -258,11 +266,26 @@ class ModelExecutor:
             dv[d_idx] = sv[s_idx].to(self.device, dv.dtype, non_blocking=True)
 
 
-def factory(model: Model, backend: str = "torch", device=None):
+def _decode_graphs(ex: ModelExecutor, graphs):
+    """The executor's DecodeGraphs for its ``graphs`` option, or None."""
+    from .graphs import DecodeGraphs
+
+    if graphs not in ("auto", True, False, "eager"):
+        raise PdlabError(f"graphs: {graphs!r} is not one of 'auto', True, False, 'eager'")
+    if graphs == "eager":
+        return DecodeGraphs(ex, capture=False)
+    usable = ex.device.type == "cuda" and ex.backend_name == "numba"
+    if graphs is True and not usable:
+        raise PdlabError(f"graphs: CUDA-graph decode needs the numba backend on a CUDA device "
+                         f"(got backend {ex.backend_name!r} on {ex.device.type})")
+    return DecodeGraphs(ex) if graphs is not False and usable else None
+
+
+def factory(model: Model, backend: str = "torch", device=None, graphs="auto"):
     """An ``executor_factory`` for ``pdlab.run.run_serving``: one ModelExecutor (and one KV
     cache) per worker, sharing the model weights."""
 
     def make(worker_name: str, role: str, num_blocks: int, block_size: int) -> ModelExecutor:
-        return ModelExecutor(model, num_blocks, block_size, backend=backend, device=device)
+        return ModelExecutor(model, num_blocks, block_size, backend=backend, device=device, graphs=graphs)
 
     return make

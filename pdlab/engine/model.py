@@ -26,6 +26,7 @@ from torch.nn import functional as F
 from ..errors import PdlabError
 from ..models import MODELS, ModelSpec
 from ..paths import TINY as TINY_DIR     # the trained tiny model: data/tiny
+from .layers import RMSNorm, _fused, _live, rope, rope_cos_sin  # noqa: F401  (re-exported)
 
 
 @dataclass
@@ -129,36 +130,6 @@ def preset(name: str, **overrides) -> ModelConfig:
 # building blocks
 
 
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.eps = eps
-
-    def forward(self, x):                                    # x [..., C]
-        # norm in fp32: bf16 squares lose too much precision
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (xf * self.weight.float()).to(x.dtype)
-
-
-def rope_cos_sin(positions, head_dim: int, theta: float):
-    """Rotation angles of every position, computed once per forward pass and shared by all
-    layers (recomputing them per layer costs a dozen small kernel launches each time).
-    positions [T] -> (cos, sin), each [T, 1, D/2] fp32."""
-    inv_freq = theta ** (-torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
-    ang = positions.float()[:, None] * inv_freq[None, :]     # [T, D/2]
-    return ang.cos()[:, None, :], ang.sin()[:, None, :]
-
-
-def rope(x, cos, sin):
-    """Rotate pairs (i, i + D/2) of every head by angle position * theta^(-2i/D) (Llama's
-    rotate-half layout). x [T, heads, D], cos/sin [T, 1, D/2] -> [T, heads, D]."""
-    x1, x2 = x.float().chunk(2, dim=-1)                      # [T, heads, D/2] each
-    out = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
-    return out.to(x.dtype)
-
-
 @dataclass
 class AttentionMetadata:
     """How the flat batch maps onto sequences and cache slots; built once per step by the
@@ -192,31 +163,48 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(C, Hkv * D, bias=False)
         self.o_proj = nn.Linear(H * D, C, bias=False)
         self.scale = 1.0 / math.sqrt(D)
+        self.wqkv = None                 # [(H + 2 Hkv) D, C] once fused (Model.fuse)
 
-    def qkv(self, x, cos_sin):                               # x [T, C]; cos/sin [T, 1, D/2]
+    def project(self, x):                                    # x [T, C] -> [T, (H + 2 Hkv) D]
+        """q, k and v side by side, from one GEMM when the weights are fused (Model.fuse)."""
+        if not _live(self.wqkv, self.q_proj):                # not fused, or moved since
+            return torch.cat([self.q_proj(x), self.k_proj(x), self.v_proj(x)], dim=-1)
+        return F.linear(x, self.wqkv)
+
+    def rotate(self, qkv, cos_sin):                          # qkv [T, (H + 2 Hkv) D]; cos/sin [T, 1, D]
+        """q [T, H, D] (contiguous), k [T, Hkv, D] and v [T, Hkv, D] (views of one buffer), q and
+        k rotated together (one rotation for both)."""
         cfg = self.cfg
-        T = x.shape[0]
-        q = self.q_proj(x).view(T, cfg.num_heads, cfg.head_dim)      # [T, H, D]
-        k = self.k_proj(x).view(T, cfg.num_kv_heads, cfg.head_dim)   # [T, Hkv, D]
-        v = self.v_proj(x).view(T, cfg.num_kv_heads, cfg.head_dim)   # [T, Hkv, D]
-        return rope(q, *cos_sin), rope(k, *cos_sin), v
+        T, H, Hkv, D = qkv.shape[0], cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        qk = rope(qkv[:, :(H + Hkv) * D].view(T, H + Hkv, D), *cos_sin)     # [T, H + Hkv, D]
+        v = qkv[:, (H + Hkv) * D:].view(T, Hkv, D)
+        return qk[:, :H].contiguous(), qk[:, H:], v
+
+    def qkv(self, x, cos_sin):                               # x [T, C]
+        return self.rotate(self.project(x), cos_sin)
 
     def forward_paged(self, x, cos_sin, kv_cache, attn: AttentionMetadata):
-        q, k, v = self.qkv(x, cos_sin)
         k_cache, v_cache = kv_cache                          # [num_blocks, block_size, Hkv, D] each
         be = attn.backend
+        qkv = self.project(x)                                # [T, (H + 2 Hkv) D]
         # write first: a prefill chunk attends to itself through the cache
-        be.write_kv(k.to(k_cache.dtype), v.to(v_cache.dtype), k_cache, v_cache, attn.slot_mapping,
-                    **attn.write_kwargs)
+        fused = getattr(be, "rope_write_kv", None)
+        if fused is not None and qkv.dtype == k_cache.dtype and qkv.element_size() == 2:
+            # one kernel: rotate q and k, store k and v at their slots (six launches otherwise)
+            q = fused(qkv, *cos_sin, k_cache, v_cache, attn.slot_mapping, self.cfg.num_heads)
+        else:
+            q, k, v = self.rotate(qkv, cos_sin)
+            be.write_kv(k.to(k_cache.dtype), v.to(v_cache.dtype), k_cache, v_cache, attn.slot_mapping,
+                        **attn.write_kwargs)
         P = attn.num_prefill_tokens
         outs = []
         if P:
-            outs.append(be.prefill_attention(q[:P].contiguous(), k_cache, v_cache,
+            outs.append(be.prefill_attention(q[:P], k_cache, v_cache,
                                              attn.prefill_block_tables, attn.prefill_cu_seqlens_q,
                                              attn.prefill_seq_lens, self.scale,
                                              **attn.prefill_kwargs))               # [P, H, D]
         if q.shape[0] > P:
-            outs.append(be.decode_attention(q[P:].contiguous(), k_cache, v_cache,
+            outs.append(be.decode_attention(q[P:], k_cache, v_cache,
                                             attn.decode_block_tables, attn.decode_seq_lens,
                                             self.scale, **attn.decode_kwargs))     # [n_d, H, D]
         o = outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)               # [T, H, D]
@@ -248,9 +236,13 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(cfg.hidden_size, cfg.ffn_size, bias=False)
         self.up_proj = nn.Linear(cfg.hidden_size, cfg.ffn_size, bias=False)
         self.down_proj = nn.Linear(cfg.ffn_size, cfg.hidden_size, bias=False)
+        self.w_gate_up = None            # [2 F, C] once fused (Model.fuse)
 
     def forward(self, x):                                    # x [..., C] -> [..., C]
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if not _live(self.w_gate_up, self.gate_proj):
+            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = F.linear(x, self.w_gate_up).chunk(2, dim=-1)           # [..., F] each
+        return self.down_proj(F.silu(gate) * up)
 
 
 class Block(nn.Module):
@@ -280,6 +272,18 @@ class Model(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.embed.weight.dtype
+
+    @torch.no_grad()
+    def fuse(self) -> "Model":
+        """Concatenate each layer's q/k/v weights into one matrix and gate/up into another, and
+        make the separate weights views of them (no extra memory; the state dict is unchanged):
+        3 + 2 GEMMs per layer become 1 + 1. Idempotent; redo after moving the model."""
+        for layer in self.layers:
+            a, m = layer.attn, layer.mlp
+            if not _live(a.wqkv, a.q_proj):
+                a.wqkv = _fused(a.q_proj, a.k_proj, a.v_proj)
+                m.w_gate_up = _fused(m.gate_proj, m.up_proj)
+        return self
 
     @torch.no_grad()
     def init_random(self, seed: int = 0) -> "Model":
@@ -358,7 +362,7 @@ def build(cfg: ModelConfig | str, device="cpu", seed: int = 0, dtype: str | None
         cfg = replace(cfg, dtype=dtype)
     with torch.device(device):
         model = Model(cfg).to(cfg.torch_dtype)
-    return model.init_random(seed).eval()
+    return model.init_random(seed).eval().fuse()
 
 
 def save(model: Model, directory: str | Path, dtype=torch.float16) -> Path:
@@ -403,7 +407,7 @@ def load(directory: str | Path, device="cpu", dtype: str | None = None) -> Model
         first = str(e).strip().splitlines()
         raise PdlabError(f"weights file {w_path} does not match {cfg_path}: "
                      f"{first[1].strip() if len(first) > 1 else first[0]}") from None
-    return model.to(device=device, dtype=cfg.torch_dtype).eval()
+    return model.to(device=device, dtype=cfg.torch_dtype).eval().fuse()
 
 
 def load_tiny(device="cpu", dtype: str | None = None) -> Model:

@@ -55,9 +55,11 @@ def get_backend(name: str = "numba"):
         cache_ops = importlib.import_module(".cache_ops", __name__)   # imports numba here, lazily
         prefill = importlib.import_module(".prefill_attention", __name__)
         decode = importlib.import_module(".decode_attention", __name__)
+        rope_write = importlib.import_module(".rope_write", __name__)
         _cache["numba"] = SimpleNamespace(
             name="numba",
             write_kv=cache_ops.write_kv,
+            rope_write_kv=rope_write.rope_write_kv,   # optional: the model rotates + writes in torch without it
             prefill_attention=_numba_prefill(prefill.prefill_attention),
             decode_attention=_numba_decode(decode.decode_attention),
         )

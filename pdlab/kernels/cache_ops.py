@@ -17,11 +17,12 @@ THREADS = 128
 
 @functools.lru_cache(maxsize=None)
 def _write_kv_kernel():
-    sig = None if SIM else "void(int16[:, ::1], int16[:, ::1], int16[:, ::1], int16[:, ::1], int64[::1])"
+    # k and v may be row-strided views (slices of the fused QKV projection's output): any layout
+    sig = None if SIM else "void(int16[:, :], int16[:, :], int16[:, ::1], int16[:, ::1], int64[::1])"
 
     @kernel(sig=sig)
     def write_kv_kernel(k, v, k_cache, v_cache, slot_mapping):
-        # k, v:             [num_tokens, Hkv * D]   16-bit bits of fp16/bf16
+        # k, v:             [num_tokens, Hkv * D]   16-bit bits of fp16/bf16 (rows may be strided)
         # k_cache, v_cache: [num_slots, Hkv * D]    num_slots = num_blocks * block_size
         # slot_mapping:     [num_tokens]            -1 = padding token, nothing to write
         tok = cuda.blockIdx.x                     # one block row per token (x allows 2**31 tokens)
@@ -35,6 +36,17 @@ def _write_kv_kernel():
             v_cache[slot, i] = v[tok, i]
 
     return write_kv_kernel
+
+
+def _rows(x, n, row):
+    """x [n, Hkv, D] as [n, Hkv * D] int16 bits without a copy where its rows are dense (a
+    slice of a wider projection output is), else a contiguous copy."""
+    import torch
+
+    x = x.reshape(n, row)
+    if SIM or x.stride(1) != 1:             # the simulator takes dense arrays only
+        x = x.contiguous()
+    return x.view(torch.int16)
 
 
 def write_kv(k, v, k_cache, v_cache, slot_mapping, check=True, padding=True):
@@ -51,8 +63,8 @@ def write_kv(k, v, k_cache, v_cache, slot_mapping, check=True, padding=True):
         return
     nb, bs, hkv, d = k_cache.shape
     row = hkv * d
-    k2 = k.reshape(n, row).contiguous().view(torch.int16)            # [n, Hkv*D] bits
-    v2 = v.reshape(n, row).contiguous().view(torch.int16)
+    k2 = _rows(k, n, row)                                            # [n, Hkv*D] bits
+    v2 = _rows(v, n, row)
     kc = k_cache.view(torch.int16).view(nb * bs, row)                # [num_slots, Hkv*D] bits
     vc = v_cache.view(torch.int16).view(nb * bs, row)
     slots = slot_mapping.to(torch.int64).contiguous()

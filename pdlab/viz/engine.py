@@ -119,3 +119,28 @@ def update_roofline(fig, gpu: GpuSpec, model: ModelSpec, decode_batch: int, pref
         fig.layout.title = (f"Roofline of {model.name}'s linear layers on {gpu.name.upper()} "
                             f"(ridge {ridge:.0f} FLOP/B; times simulated by the cost model)")
     return pts
+
+
+def engine_steps_figure(results: dict) -> go.Figure:
+    """Measured decode step times of the real engine against the roofline (weights + K/V over
+    the measured copy bandwidth) and the plain-torch peer, one line per context, from a
+    ``bench/engine_steps.py`` results file."""
+    rows = results["decode"]
+    fig = go.Figure()
+    for i, ctx in enumerate(sorted({r["context"] for r in rows})):
+        pts = sorted((r for r in rows if r["context"] == ctx), key=lambda r: r["batch"])
+        b = [r["batch"] for r in pts]
+        dash = ("solid", "dot", "dash")[i % 3]
+        fig.add_trace(go.Scatter(x=b, y=[r["step_ms"] for r in pts], mode="lines+markers", line=dict(color=DECODE, dash=dash),
+                                 name=f"pdlab engine, context {ctx}"))
+        fig.add_trace(go.Scatter(x=b, y=[r["roofline_ms"] for r in pts], mode="lines", line=dict(color="black", dash=dash),
+                                 name=f"roofline, context {ctx}"))
+        if all("peer_ms" in r for r in pts):
+            fig.add_trace(go.Scatter(x=b, y=[r["peer_ms"] for r in pts], mode="markers", marker=dict(color="#7f7f7f", symbol="x"),
+                                     name=f"plain-torch peer, context {ctx}"))
+    fig.update_xaxes(title="decode batch (sequences)", type="log")
+    fig.update_yaxes(title="step time (ms)", rangemode="tozero")
+    fig.update_layout(**LAYOUT)
+    fig.update_layout(title_text=f"Decode steps measured on an {results['gpu']} ({results['model']}): "
+                                 f"roofline = (weights + K/V) / {results['copy_tbps']:.2f} TB/s copy")
+    return fig

@@ -117,6 +117,31 @@ def thread_map_figure(head_dim=128, threads=128, unroll=2, lane_dims=16) -> go.F
     return fig
 
 
+def fragment_figure() -> go.Figure:
+    """The three operands of one ``mma.sync.m16n8k16`` side by side, each element coloured by the
+    lane of the warp that holds it and labelled with its register (from
+    ``pdlab.kernels.fragments``, the layouts the kernel and its simulator use)."""
+    from plotly.subplots import make_subplots
+
+    from ..kernels import fragments as fr
+
+    titles = ("A = Q tile [16 queries x 16 dims]: a0..a3", "B = K^T tile [16 dims x 8 keys]: b0, b1",
+              "C = S tile [16 queries x 8 keys], fp32: c0..c3")
+    fig = make_subplots(rows=1, cols=3, column_widths=[16, 8, 8], subplot_titles=titles, horizontal_spacing=0.06)
+    for col, (which, reg) in enumerate((("A", "a"), ("B", "b"), ("C", "c")), start=1):
+        lanes, regs = fr.owners(which), fr.registers(which)
+        text = [[f"{reg}{r}" for r in row] for row in regs]
+        fig.add_trace(go.Heatmap(z=lanes, text=text, texttemplate="%{text}", colorscale="Turbo", zmin=0, zmax=31,
+                                 showscale=col == 3, colorbar=dict(title="lane"),
+                                 hovertemplate="row %{y}, col %{x}: lane %{z}, register %{text}<extra></extra>"),
+                      row=1, col=col)
+        fig.update_yaxes(autorange="reversed", row=1, col=col)
+    fig.update_layout(**LAYOUT)
+    fig.update_layout(title_text="One warp's tensor-core tile: which lane holds which element (colour), "
+                                 "in which register (label)", height=420)
+    return fig
+
+
 # ---------------------------------------------------------------------------------------------
 CONTEXTS = [2 ** k for k in range(8, 18)]   # 256 .. 131072 tokens
 

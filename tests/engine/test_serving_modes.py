@@ -23,10 +23,10 @@ MODES = [
 
 
 def serve(model, requests, mode, chunk=None, num_blocks=64, block_size=16, backend="torch",
-          device="cpu", max_num_seqs=256):
+          device="cpu", max_num_seqs=256, graphs="auto"):
     cfg = ServingConfig(mode=mode, model="tiny", gpu="cpu", chunk_size=chunk, num_blocks=num_blocks,
                         block_size=block_size, max_num_seqs=max_num_seqs)
-    res = run_serving(requests, cfg, executor_factory=factory(model, backend=backend, device=device))
+    res = run_serving(requests, cfg, executor_factory=factory(model, backend=backend, device=device, graphs=graphs))
     assert all(s.status == Status.FINISHED for s in res.sequences), [s for s in res.sequences]
     return res, {s.id: list(s.output_ids) for s in res.sequences}
 
@@ -80,9 +80,10 @@ def test_numba_backend_on_the_simulator_matches():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("backend", ["torch", "numba"])
-def test_modes_match_on_gpu(tiny, workload, expected, backend):
+@pytest.mark.parametrize("backend,graphs", [("torch", False), ("numba", False), ("numba", True)])
+def test_modes_match_on_gpu(tiny, workload, expected, backend, graphs):
+    """On a GPU, with decode steps replayed from CUDA graphs (numba) and launched eagerly."""
     model = M.load_tiny(device="cuda")
     for mode, chunk in MODES:
-        _, got = serve(model, workload, mode, chunk, backend=backend, device="cuda")
-        assert got == expected, (backend, mode, chunk)
+        _, got = serve(model, workload, mode, chunk, backend=backend, device="cuda", graphs=graphs)
+        assert got == expected, (backend, graphs, mode, chunk)

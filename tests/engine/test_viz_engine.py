@@ -69,3 +69,13 @@ def test_lab_checks_accept_the_reference_and_reject_a_wrong_answer(capsys):
 def test_decode_step_cost_is_memory_bound_on_h200():
     fl, by = checks.reference_decode_step_cost(MODELS["llama-3-8b"], 64, 1024)
     assert fl / by < ridge_point(GPUS["h200"])
+
+
+def test_engine_steps_figure_lines_per_context():
+    rows = [dict(batch=b, context=c, step_ms=1.0 + b / 64 + c / 4096, roofline_ms=0.8 + b * c / 1e6, peer_ms=1.5)
+            for c in (512, 2048) for b in (1, 8, 64)]
+    fig = ve.engine_steps_figure({"gpu": "NVIDIA H100", "model": "llama-3.2-1b shape", "copy_tbps": 3.0, "decode": rows})
+    assert len(fig.data) == 6 and "H100" in fig.layout.title.text
+    eng = fig.data[3]
+    assert list(eng.x) == [1, 8, 64] and list(eng.y) == [r["step_ms"] for r in rows[3:]]
+    assert list(fig.data[4].y) == [r["roofline_ms"] for r in rows[3:]]

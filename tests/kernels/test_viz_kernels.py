@@ -73,3 +73,17 @@ def test_explorer_slider_updates_figure(results):
     sliders["context"].value = 32768
     assert list(fig.data[2].x) == [32768]
     assert "batch 64 x context 32768" in fig.layout.title.text
+
+
+def test_fragment_figure_shows_every_lane_and_register():
+    from pdlab.kernels import fragments as fr
+    from pdlab.viz import kernels as vk
+
+    fig = vk.fragment_figure()
+    a, b, c = fig.data
+    assert np.array_equal(np.array(a.z), fr.owners("A")) and np.array(a.z).shape == (16, 16)
+    assert np.array(b.z).shape == (16, 8) and np.array(c.z).shape == (16, 8)
+    # every lane holds 8 A values, 4 B values and 4 accumulators
+    for tr, per_lane in ((a, 8), (b, 4), (c, 4)):
+        assert np.bincount(np.array(tr.z).ravel(), minlength=32).tolist() == [per_lane] * 32
+    assert a.text[0][0] == "a0" and a.text[8][0] == "a1" and a.text[0][8] == "a2" and c.text[8][0] == "c2"

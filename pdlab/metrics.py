@@ -350,25 +350,36 @@ def goodput_search(meets: Callable[[float], bool], start: float = 1.0, rel_tol: 
                    max_rate: float = 1e5, max_iter: int = 40) -> float:
     """Highest rate with ``meets(rate)`` true, assuming it holds below some threshold:
     double until it fails, then bisect to ``rel_tol``. 0.0 when even tiny rates fail."""
-    lo, hi = 0.0, start
-    it = 0
-    while meets(hi):
-        lo, hi = hi, hi * 2
-        it += 1
-        if hi > max_rate or it > max_iter:
-            return lo
-    if lo == 0.0:     # the first guess failed: search downwards for any passing rate
-        probe = hi / 2
-        while probe > start * 1e-4 and not meets(probe):
-            hi, probe = probe, probe / 2
-        if probe <= start * 1e-4:
-            return 0.0
-        lo = probe
-    while hi - lo > rel_tol * lo and it < max_iter:
+    return goodput_search_resumable(meets, start, rel_tol, None, max_rate, max_iter)[0]
+
+
+def goodput_search_resumable(meets: Callable[[float], bool], start: float, tol: float, state: tuple | None = None,
+                             max_rate: float = 1e5, max_iter: int = 40) -> tuple[float, tuple]:
+    """``goodput_search``'s search (double from ``start`` until a rate fails, or halve down
+    until one passes; then bisect to ``tol``), resumable: it returns ``(goodput, state)``
+    and, given that state, continues the same bisection to a finer ``tol``, asking exactly the
+    rates a fresh search at that ``tol`` would ask. ``state`` is ``(lo, hi, iterations, done)``."""
+    if state is None:
+        lo, hi, it = 0.0, start, 0
+        while meets(hi):
+            lo, hi = hi, hi * 2
+            it += 1
+            if hi > max_rate or it > max_iter:
+                return lo, (lo, hi, it, True)
+        if lo == 0.0:
+            probe = hi / 2
+            while probe > start * 1e-4 and not meets(probe):
+                hi, probe = probe, probe / 2
+            if probe <= start * 1e-4:
+                return 0.0, (0.0, hi, it, True)
+            lo = probe
+        state = (lo, hi, it, False)
+    lo, hi, it, done = state
+    while not done and hi - lo > tol * lo and it < max_iter:
         mid = (lo + hi) / 2
         if meets(mid):
             lo = mid
         else:
             hi = mid
         it += 1
-    return lo
+    return lo, (lo, hi, it, done)

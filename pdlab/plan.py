@@ -32,6 +32,7 @@ import numpy as np
 
 from .gcpause import gc_paused
 from .metrics import SLO, per_request, slo_report
+from .metrics import goodput_search_resumable as search  # noqa: F401 (the plan's search)
 from .request import Request
 from .workload import with_rate
 
@@ -129,38 +130,6 @@ def label(c: ServingConfig) -> str:
 def attainment_target(slos: list[SLO]) -> float:
     """DistServe's counting: the share of requests that must meet every SLO at once."""
     return max(s.percentile for s in slos) / 100
-
-
-def search(meets, start: float, tol: float, state: tuple | None = None, max_rate: float = 1e5,
-           max_iter: int = 40) -> tuple[float, tuple]:
-    """``metrics.goodput_search``'s search (double from ``start`` until a rate fails, or halve
-    down until one passes; then bisect to ``tol``), resumable: it returns ``(goodput, state)``
-    and, given that state, continues the same bisection to a finer ``tol``, asking exactly the
-    rates a fresh search at that ``tol`` would ask. ``state`` is ``(lo, hi, iterations, done)``."""
-    if state is None:
-        lo, hi, it = 0.0, start, 0
-        while meets(hi):
-            lo, hi = hi, hi * 2
-            it += 1
-            if hi > max_rate or it > max_iter:
-                return lo, (lo, hi, it, True)
-        if lo == 0.0:
-            probe = hi / 2
-            while probe > start * 1e-4 and not meets(probe):
-                hi, probe = probe, probe / 2
-            if probe <= start * 1e-4:
-                return 0.0, (0.0, hi, it, True)
-            lo = probe
-        state = (lo, hi, it, False)
-    lo, hi, it, done = state
-    while not done and hi - lo > tol * lo and it < max_iter:
-        mid = (lo + hi) / 2
-        if meets(mid):
-            lo = mid
-        else:
-            hi = mid
-        it += 1
-    return lo, (lo, hi, it, done)
 
 
 def evaluate(task: tuple) -> dict:

@@ -124,31 +124,19 @@ def pool_sizes(args) -> tuple[int, int]:
     return pg or 1, dg or 1
 
 
-def _number(name, lo=0.0):
-    def parse(text):
-        try:
-            v = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a number, got '{text}'") from None
-        if not v >= lo or v == float("inf"):
-            raise argparse.ArgumentTypeError(f"{name} must be a number >= {lo:g}, got {text}")
-        return v
-    return parse
-
-
 def _add_prefix_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("prefix reuse and KV-aware routing")
-    g.add_argument("--overlap-weight", type=_number("--overlap-weight"), default=1.0,
+    g.add_argument("--overlap-weight", type=_nonneg_float("--overlap-weight"), default=1.0,
                    help="kv-aware: weight of the blocks to prefill (cache overlap) in the cost (default 1)")
-    g.add_argument("--load-weight", type=_number("--load-weight"), default=1.0,
+    g.add_argument("--load-weight", type=_nonneg_float("--load-weight"), default=1.0,
                    help="kv-aware: weight of the load terms (1: Dynamo's cost, 0: pure affinity)")
-    g.add_argument("--router-temperature", type=_number("--router-temperature"), default=0.0,
+    g.add_argument("--router-temperature", type=_nonneg_float("--router-temperature"), default=0.0,
                    help="kv-aware: 0 takes the lowest cost, > 0 samples a softmax over costs")
     g.add_argument("--no-kv-events", dest="kv_events", action="store_false",
                    help="kv-aware without KV events: predict caches from the router's own decisions")
     g.add_argument("--router-ttl", type=_positive_float("--router-ttl"), default=120.0,
                    help="seconds a routed prefix is assumed cached without events (default 120)")
-    g.add_argument("--offload-gb", type=_number("--offload-gb"), default=0.0,
+    g.add_argument("--offload-gb", type=_nonneg_float("--offload-gb"), default=0.0,
                    help="host-memory KV tier per replica in GB (needs --prefix-cache)")
     g.add_argument("--offload-link", default="pcie5", help="host <-> GPU link for the KV tier (default pcie5)")
     g.add_argument("--disagg-threshold", type=int, default=None, metavar="TOKENS",

@@ -15,6 +15,21 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _best_seconds(op, iters: int, repeats: int, device) -> float:
+    """Seconds per ``op()``, best of ``repeats`` rounds of ``iters`` calls, every rank starting
+    together."""
+    best = float("inf")
+    for _ in range(repeats):
+        dist.barrier()
+        _sync(device)
+        t = time.perf_counter()
+        for _ in range(iters):
+            op()
+        _sync(device)
+        best = min(best, (time.perf_counter() - t) / iters)
+    return best
+
+
 def run_bench(worker: int, device, spec: dict) -> dict:
     """``spec``: sizes (bytes), iters, warmup. Returns per size the receiver's seconds per message
     (p2p) and every rank's seconds per all-gather, best of ``repeats`` rounds."""
@@ -24,30 +39,17 @@ def run_bench(worker: int, device, spec: dict) -> dict:
         n = max(1, nbytes // 2)
         buf = torch.ones(n, dtype=torch.float16, device=device)
         iters = max(2, min(spec["iters"], int(spec["bytes_per_size"] // nbytes)))
-        best = float("inf")
-        for _ in range(spec["repeats"]):
-            dist.barrier()
-            _sync(device)
-            t = time.perf_counter()
-            for _ in range(iters):
-                if worker == 0:
-                    dist.send(buf, 1)
-                elif worker == 1:
-                    dist.recv(buf, 0)
-            _sync(device)
-            best = min(best, (time.perf_counter() - t) / iters)
+
+        def p2p():
+            if worker == 0:
+                dist.send(buf, 1)
+            elif worker == 1:
+                dist.recv(buf, 0)
+        best = _best_seconds(p2p, iters, spec["repeats"], device)
         if worker == 1:
             out["p2p"].append({"bytes": 2 * n, "seconds": best, "gbps": 2 * n / best / 1e9})
         gathered = [torch.empty_like(buf) for _ in range(world)]
-        best = float("inf")
-        for _ in range(spec["repeats"]):
-            dist.barrier()
-            _sync(device)
-            t = time.perf_counter()
-            for _ in range(iters):
-                dist.all_gather(gathered, buf)
-            _sync(device)
-            best = min(best, (time.perf_counter() - t) / iters)
+        best = _best_seconds(lambda: dist.all_gather(gathered, buf), iters, spec["repeats"], device)
         # bus bandwidth (nccl-tests' convention): bytes each rank receives per second
         out["all_gather"].append({"bytes": 2 * n, "seconds": best,
                                   "bus_gbps": 2 * n * (world - 1) / best / 1e9})

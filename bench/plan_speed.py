@@ -23,22 +23,13 @@ sys.path.insert(0, str(ROOT))
 from pdlab import plan as P  # noqa: E402
 from pdlab.metrics import SLO  # noqa: E402
 from pdlab.sweep import default_jobs  # noqa: E402
+from pdlab.lab.env import cpu_name  # noqa: E402
 from pdlab.workload import make_requests  # noqa: E402
 
 
 def cpu_s() -> float:
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:
@@ -58,7 +49,7 @@ def main() -> None:
     out = {
         "what": "pdlab plan over 8 GPUs: 1000 ShareGPT requests, llama-3-8b on h100 (simulated), "
                 "SLOs ttft:p90:0.5 + tpot:p90:0.05 counted per request, every configuration of plan.Space",
-        "date": date.today().isoformat(), "cpu": cpu_model(), "python": platform.python_version(),
+        "date": date.today().isoformat(), "cpu": cpu_name(), "python": platform.python_version(),
         "cores_available": default_jobs(), "jobs": jobs, "load_average_1min_before": round(load0, 2),
         "goal_wall_s": 60.0, "wall_s": round(wall, 2), "cpu_s_all_processes": round(cpu, 2),
         "configurations": res["configurations"], "refined": res["refined"], "simulations": probes,

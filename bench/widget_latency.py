@@ -28,6 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pdlab.lab import dashboards as pw, experiments as ex  # noqa: E402
+from pdlab.lab.env import cpu_name  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "results" / "widget-latency-cpu-2026-11-29.json"
@@ -47,16 +48,6 @@ PLAN = {
         "split": ["2:1", "1:2", "3:1"], "link": ["pcie4", "eth-25g", "ib-ndr"], "rate": [8.0, 16.0, 20.0],
         "ttft_slo": [0.3, 1.0], "itl_slo": [0.03, 0.1]}),
 }
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def measure(repeats: int = 1) -> dict:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import platform
 import random
+from pathlib import Path
 
 #: Labs read this: small workloads in CI (``PDLAB_FAST=1``), full ones for people.
 FAST = os.environ.get("PDLAB_FAST", "0") not in ("", "0", "false", "no")
@@ -15,6 +17,17 @@ def has_gpu() -> bool:
     except ImportError:
         return False
     return torch.cuda.is_available()
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux), for benchmark results."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def cuda_simulator() -> bool:

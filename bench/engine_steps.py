@@ -40,41 +40,18 @@ from pdlab.engine import model as M  # noqa: E402
 from pdlab.engine.executor import ModelExecutor  # noqa: E402
 from pdlab.engine.grid import BatchFactory  # noqa: E402
 
+import kernels  # noqa: E402  (bench/kernels.py: the timer and copy bandwidth every benchmark here uses)
+from kernels import timed  # noqa: E402
+
 BS = 16
 BATCHES = (1, 8, 32, 64)
 CONTEXTS = (512, 1024, 2048)
 PREFILLS = (512, 2048, 8192)
 
 
-def cuda_ms(fn, iters=20, repeats=5):
-    """Median milliseconds per call of fn() (CUDA events; perf_counter on the CPU)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-            e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            e0.record()
-            for _ in range(iters):
-                fn()
-            e1.record()
-            torch.cuda.synchronize()
-            times.append(e0.elapsed_time(e1) / iters)
-        else:
-            t = time.perf_counter()
-            for _ in range(iters):
-                fn()
-            times.append((time.perf_counter() - t) / iters * 1e3)
-    return statistics.median(times)
-
-
 def copy_tbps():
-    if not torch.cuda.is_available():
-        return None
-    a = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
-    b = torch.empty_like(a)
-    ms = cuda_ms(lambda: b.copy_(a), iters=10)
-    return 2 * a.numel() / (ms * 1e-3) / 1e12
+    """The measured copy bandwidth (``kernels.copy_tbps``); None without a GPU."""
+    return kernels.copy_tbps() if torch.cuda.is_available() else None
 
 
 def weight_bytes(model) -> int:
@@ -166,7 +143,7 @@ def peer_prefill_ms(model, tokens):
             x = x + layer.mlp(layer.post_attn_norm(x))
         return model.lm_head(model.norm(x[-1:])).float().argmax(-1)
 
-    return cuda_ms(step, iters=3, repeats=3)
+    return timed(step, iters=3, repeats=3)
 
 
 @torch.inference_mode()
@@ -181,7 +158,7 @@ def attention_ms(ex, tokens):
     cu = torch.tensor([0, tokens], dtype=torch.int32, device=ex.device)
     sl = torch.tensor([tokens], dtype=torch.int32, device=ex.device)
     be = ex.backend
-    return cuda_ms(lambda: be.prefill_attention(q, k_cache, v_cache, bt, cu, sl, cfg.head_dim ** -0.5,
+    return timed(lambda: be.prefill_attention(q, k_cache, v_cache, bt, cu, sl, cfg.head_dim ** -0.5,
                                                 max_q_len=tokens, check=False), iters=5, repeats=3)
 
 
@@ -264,9 +241,9 @@ def main(argv=None) -> int:
                 row["ratio_to_roofline"] = ms / row["roofline_ms"]
             entry = ex.graphs._entry(ex.graphs.bucket_of(batch.decodes)) if gpu else None
             if entry is not None:
-                row["replay_ms"] = cuda_ms(entry[1].replay, iters=20)
+                row["replay_ms"] = timed(entry[1].replay, iters=20)
             peer = TorchPeer(model, b, context)
-            row["peer_ms"] = cuda_ms(peer.run, iters=20)
+            row["peer_ms"] = timed(peer.run, iters=20)
             row["ratio_to_peer"] = ms / row["peer_ms"]
             del peer
             if not args.no_eager:

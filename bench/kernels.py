@@ -70,9 +70,19 @@ GRAPH_CALLS = 20   # calls per captured graph in graph_ms
 
 
 def timed(fn, iters=20, repeats=5):
-    """Median milliseconds per call of fn() over `repeats` runs of `iters` calls."""
+    """Median milliseconds per call of fn() over `repeats` runs of `iters` calls (CUDA events;
+    perf_counter without a GPU, for the benchmarks' CPU smoke runs)."""
     for _ in range(3):
         fn()
+    if not torch.cuda.is_available():
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            for _ in range(iters):
+                fn()
+            times.append((time.perf_counter() - t) / iters * 1e3)
+        times.sort()
+        return times[len(times) // 2]
     torch.cuda.synchronize()
     times = []
     for _ in range(repeats):

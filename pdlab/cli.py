@@ -21,8 +21,7 @@ import sys
 from dataclasses import replace
 
 from .errors import PdlabError
-from .options import (DEFAULT_RATE, _nonneg_float, _positive_float, _positive_int,  # noqa: F401
-                      add_serving_args, config_from, pool_sizes, requests_from, workload_label)
+from .options import _positive_int, add_serving_args, config_from, requests_from, workload_label
 
 EXIT_USAGE = 2
 EXIT_NOTHING_SERVED = 1     # the run itself worked; every request was rejected

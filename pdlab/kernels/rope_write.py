@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 
 from . import _memory as mem
+from .validate import kind as _kind
 from ._numba import SIM, as_numba, cuda, kernel, stream
 
 THREADS = 128
@@ -26,15 +27,14 @@ THREADS = 128
 def _rope_write_kernel(kind: str, num_heads: int, num_kv_heads: int, head_dim: int):
     H, HKV, D = num_heads, num_kv_heads, head_dim
     Q4 = D // 4                       # threads per head: two words of each half
-    WORDS = (H + 2 * HKV) * D // 2    # int32 words of one token's qkv row
     unpack2, pack1 = mem.unpack2(kind), mem.pack1(kind)
     sig = None if SIM else ("void(int32[:, :], float32[:, ::1], float32[:, ::1], int64[::1], "
                             "int32[:, ::1], int32[:, ::1], int32[:, ::1])")
 
     @kernel(sig=sig)
     def rope_write_kernel(qkv, cos, sin, slots, q_out, k_cache, v_cache):
-        # qkv [T, WORDS] words of (q | k | v) rows; cos, sin [T, D] (sin negated on the first
-        # half); slots [T] (-1: padding, nothing stored); q_out [T, H*D/2] words;
+        # qkv [T, (H + 2 Hkv) D / 2] int32 words of (q | k | v) rows; cos, sin [T, D] (sin
+        # negated on the first half); slots [T] (-1: padding, nothing stored); q_out [T, H*D/2] words;
         # k_cache, v_cache [num_slots, Hkv*D/2] words
         t = cuda.blockIdx.x
         g = cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
@@ -97,8 +97,3 @@ def rope_write_kv(qkv, cos, sin, k_cache, v_cache, slot_mapping, num_heads: int)
         as_numba(kc, persistent=True), as_numba(vc, persistent=True))
     return q
 
-
-def _kind(t) -> str:
-    import torch
-
-    return "bf16" if t.dtype == torch.bfloat16 else "f16"
